@@ -1,0 +1,157 @@
+"""Command-line entry points: flags -> config dataclasses -> library functions. No logic lives here.
+
+    peftbench train --peft_type hira --model_name smollm2-135m --dataset common_170k ...
+    peftbench eval  --ckpt results_hira/<run>/checkpoint-N --dataset all
+    peftbench analyze results_hira results_lora --out results_analysis
+    peftbench data list
+    peftbench demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from peftbench.config import EvalConfig, RunConfig
+from peftbench.errors import UserError
+
+_SCALARS = (bool, int, float, str)
+
+
+def _scalar_type(annotation: Any) -> type:
+    """int for `int`, int for `int | None`, and so on."""
+    if annotation in _SCALARS:
+        return annotation
+    options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(options) == 1 and options[0] in _SCALARS:
+        return options[0]
+    raise TypeError(f"no command-line type for {annotation!r}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_class: type, skip: Iterable[str] = ()) -> set[str]:
+    """One --flag per dataclass field; absent flags keep the dataclass default. Returns the flag names."""
+    hints = typing.get_type_hints(config_class)
+    added = set()
+    for field in dataclasses.fields(config_class):
+        if field.name in skip:
+            continue
+        kind = _scalar_type(hints[field.name])
+        options: dict[str, Any] = {"help": field.metadata.get("help"), "default": argparse.SUPPRESS}
+        if kind is bool:
+            options["action"] = "store_true"
+        else:
+            options["type"] = kind
+            if "choices" in field.metadata:
+                options["choices"] = field.metadata["choices"]
+        parser.add_argument(f"--{field.name}", **options)
+        added.add(field.name)
+    return added
+
+
+def build_config(config_class: type, namespace: argparse.Namespace) -> Any:
+    names = {field.name for field in dataclasses.fields(config_class)}
+    return config_class(**{k: v for k, v in vars(namespace).items() if k in names})
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+def run_guarded(action: Callable[[], object]) -> int:
+    """Run a command; bad input becomes one 'error:' line and exit status 2."""
+    try:
+        action()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _train(args: argparse.Namespace) -> None:
+    from peftbench.train import train
+
+    train(build_config(RunConfig, args))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from peftbench.evaluate.runner import evaluate
+
+    evaluate(build_config(EvalConfig, args))
+
+
+def _analyze(args: argparse.Namespace) -> None:
+    from peftbench.analyze import analyze
+
+    print(analyze([Path(p) for p in args.results], Path(args.out)))
+    print(f"written: {Path(args.out) / 'accuracy.csv'}, {Path(args.out) / 'accuracy.md'}")
+
+
+def _data_list(args: argparse.Namespace) -> None:
+    from peftbench.data.registry import ALL_DATASETS
+    from peftbench.data.sources import load_test_examples
+
+    for spec in ALL_DATASETS:
+        try:
+            examples, path = load_test_examples(spec.name, args.data_dir)
+            found = f"{len(examples)} test examples in {path}"
+        except UserError as exc:
+            found = str(exc)
+        print(f"{spec.name:14s} aliases={','.join(spec.aliases) or '-':28s} {found}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from peftbench.demo import run_demo
+
+    run_demo(Path(args.out), args.data_dir, train_samples=args.train_samples, eval_samples=args.eval_samples)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from peftbench.config import default_data_dir
+
+    parser = argparse.ArgumentParser(prog="peftbench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train one method")
+    add_config_flags(train, RunConfig)
+    train.set_defaults(action=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint or a base model on benchmarks ('all' for all)")
+    add_config_flags(evaluate, EvalConfig)
+    evaluate.set_defaults(action=_eval)
+
+    analyze = commands.add_parser("analyze", help="accuracy table over evaluation results")
+    analyze.add_argument("results", nargs="+", help="folders searched for output_*_eval.jsonl")
+    analyze.add_argument("--out", default="results_analysis", help="where accuracy.csv/.md go")
+    analyze.set_defaults(action=_analyze)
+
+    data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    data_list = data.add_parser("list", help="the registered datasets and where their test data is found")
+    data_list.add_argument("--data_dir", default=default_data_dir())
+    data_list.set_defaults(action=_data_list)
+
+    demo = commands.add_parser("demo", help="offline demo: HiRA on the embedded model, evaluate, table")
+    demo.add_argument("--out", default="demo_results")
+    demo.add_argument("--data_dir", default=default_data_dir())
+    demo.add_argument("--train_samples", type=int, default=256)
+    demo.add_argument("--eval_samples", type=int, default=12)
+    demo.set_defaults(action=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    return run_guarded(lambda: args.action(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

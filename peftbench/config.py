@@ -1,0 +1,216 @@
+"""Run and evaluation settings: the single source of truth for what a run does.
+
+``RunConfig`` (training) and ``EvalConfig`` (evaluation) are validated where they are built,
+are what the command-line flags map onto (see ``peftbench.cli``), and are written verbatim
+into each run's ``output.jsonl`` so a checkpoint can always be evaluated with the settings
+that produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftbench.errors import UserError
+
+METHODS = ("hira", "lora", "fft", "ia3")
+ADAPTER_METHODS = ("hira", "lora")  # the methods that take a rank
+EVAL_STRATEGIES = ("no", "steps", "epoch")
+DEFAULT_MODEL = "EleutherAI/gpt-neo-1.3B"
+# The official HiRA code keeps its LLM-Adapters files here; PEFTBENCH_DATA_DIR overrides it.
+DEFAULT_DATA_DIR = "data_file/llm_adapt"
+RUN_RECORD = "output.jsonl"
+
+
+def default_data_dir() -> str:
+    return os.environ.get("PEFTBENCH_DATA_DIR", DEFAULT_DATA_DIR)
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a training run; saved as the first line of output.jsonl."""
+
+    peft_type: str = field(default="hira", metadata=_help("Method to train.", choices=METHODS))
+    model_name: str = field(
+        default=DEFAULT_MODEL,
+        metadata=_help("Base model: a Hugging Face hub id, a local directory, or 'smollm2-135m' (embedded)."),
+    )
+    dataset: str = field(default="common_170k", metadata=_help("Training dataset (see `peftbench data list`)."))
+    r_ab: int = field(default=32, metadata=_help("Rank of the A/B matrices (HiRA and LoRA)."))
+    lora_alpha: float | None = field(default=None, metadata=_help("LoRA alpha; default 2 * r_ab."))
+    lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout (LLM-Adapters uses 0.05)."))
+    hira_dropout: float = field(default=0.0, metadata=_help("Dropout on HiRA's input."))
+    target_modules: str = field(
+        default="q_proj,v_proj", metadata=_help("Comma-separated module names to adapt (HiRA, LoRA, IA3).")
+    )
+    batch: int = field(default=8, metadata=_help("Per-device batch size."))
+    grad_acc: int = field(default=1, metadata=_help("Gradient accumulation steps."))
+    lr: float = field(default=1e-4, metadata=_help("Peak learning rate."))
+    epoch: float = field(default=1.0, metadata=_help("Number of training epochs."))
+    warmup: int = field(default=0, metadata=_help("Linear warm-up steps."))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
+    load_bit: int = field(
+        default=16, metadata=_help("16: bf16 where supported, else fp16 on GPU / fp32 on CPU; 32: fp32.", choices=(16, 32))
+    )
+    enable_grad_ckpt: bool = field(default=False, metadata=_help("Enable gradient checkpointing."))
+    seed: int = field(default=36, metadata=_help("Random seed (data split, init, data order)."))
+    eval_strategy: str = field(
+        default="steps", metadata=_help("When to compute validation loss.", choices=EVAL_STRATEGIES)
+    )
+    eval_steps: int = field(default=80, metadata=_help("Validation (and checkpoint) interval in optimizer steps."))
+    save_total_limit: int | None = field(
+        default=None, metadata=_help("Keep at most this many checkpoints (the best is always kept).")
+    )
+    output_folder: str | None = field(default=None, metadata=_help("Parent folder of the run; default results_{peft_type}."))
+    max_length: int = field(default=256, metadata=_help("Maximum tokens per training example."))
+    val_set_size: int = field(default=120, metadata=_help("Examples held out of the training data for validation."))
+    train_on_inputs: bool = field(
+        default=False,
+        metadata=_help("Also train on prompt tokens (LLM-Adapters' behaviour); default: loss on the response only."),
+    )
+    max_steps: int = field(default=-1, metadata=_help("Stop after this many optimizer steps (-1: train --epoch epochs)."))
+    max_train_samples: int | None = field(default=None, metadata=_help("Train on a seeded sample of this many examples."))
+    logging_steps: int = field(default=10, metadata=_help("Log the training loss every N optimizer steps."))
+    data_dir: str = field(
+        default_factory=default_data_dir,
+        metadata=_help("Comma-separated folders holding <dataset>/{train,test}.json (env PEFTBENCH_DATA_DIR)."),
+    )
+
+    def __post_init__(self) -> None:
+        self.peft_type = self.peft_type.lower()
+        if self.peft_type not in METHODS:
+            raise UserError(f"unknown --peft_type {self.peft_type!r}; choose one of {', '.join(METHODS)}")
+        if self.peft_type in ADAPTER_METHODS and self.r_ab <= 0:
+            raise UserError(f"--r_ab must be a positive integer for {self.peft_type}, got {self.r_ab}")
+        if self.load_bit not in (16, 32):
+            raise UserError(f"--load_bit must be 16 or 32, got {self.load_bit}")
+        if self.eval_strategy not in EVAL_STRATEGIES:
+            raise UserError(f"--eval_strategy must be one of {', '.join(EVAL_STRATEGIES)}, got {self.eval_strategy!r}")
+        _require_positive(batch=self.batch, grad_acc=self.grad_acc, eval_steps=self.eval_steps, max_length=self.max_length)
+        if self.lr <= 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.peft_type != "fft" and not self.target_module_list:
+            raise UserError(f"--target_modules is empty; {self.peft_type} needs at least one module name")
+        if self.lora_alpha is None:
+            self.lora_alpha = 2.0 * self.r_ab
+        if self.output_folder is None:
+            self.output_folder = f"results_{self.peft_type}"
+
+    @property
+    def target_module_list(self) -> list[str]:
+        return [name.strip() for name in self.target_modules.split(",") if name.strip()]
+
+    def run_folder_name(self, timestamp: str) -> str:
+        model = Path(self.model_name.rstrip("/")).name
+        return f"{model}-{self.dataset}-{self.peft_type}-lr={self.lr}-seed={self.seed}-{timestamp}"
+
+
+@dataclass
+class EvalConfig:
+    """What one evaluation does: which model, which benchmark, how to decode."""
+
+    ckpt: str | None = field(default=None, metadata=_help("Checkpoint folder to evaluate (a run's checkpoint-N)."))
+    model_name: str | None = field(
+        default=None, metadata=_help("Evaluate this base model zero-shot instead of a checkpoint.")
+    )
+    dataset: str = field(default="boolq", metadata=_help("Benchmark to evaluate on."))
+    batch: int = field(default=16, metadata=_help("Prompts per generation batch."))
+    beam_size: int = field(default=4, metadata=_help("Beams for generation."))
+    max_new_tokens: int = field(default=16, metadata=_help("Maximum generated tokens per answer."))
+    max_eval_samples: int | None = field(default=None, metadata=_help("Evaluate a seeded sample of this many examples."))
+    load_bit: int = field(default=16, metadata=_help("Precision, as for training.", choices=(16, 32)))
+    seed: int = field(default=36, metadata=_help("Seed of the evaluation sample."))
+    output_dir: str | None = field(default=None, metadata=_help("Where results go; default the checkpoint folder."))
+    data_dir: str = field(default_factory=default_data_dir, metadata=_help("As for training."))
+
+    def __post_init__(self) -> None:
+        if (self.ckpt is None) == (self.model_name is None):
+            raise UserError("give exactly one of --ckpt (a trained checkpoint) or --model_name (zero-shot)")
+        _require_positive(
+            batch=self.batch,
+            beam_size=self.beam_size,
+            max_new_tokens=self.max_new_tokens,
+            max_eval_samples=self.max_eval_samples,
+        )
+        if self.ckpt is None and self.output_dir is None:
+            raise UserError("zero-shot evaluation (--model_name) needs --output_dir")
+
+
+def _require_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise UserError(f"--{name} must be positive, got {value}")
+
+
+def environment_record() -> dict[str, Any]:
+    """Library versions and git revision, so every result says what produced it."""
+    import peft
+    import torch
+    import transformers
+
+    import peftbench
+
+    return {
+        "peftbench": peftbench.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "git_revision": _git_revision(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, default=str) + "\n")
+
+
+def find_run_record(ckpt: Path) -> Path:
+    """output.jsonl lives in the run folder, beside the checkpoint-N folders (or in ckpt itself)."""
+    for folder in (ckpt, ckpt.parent):
+        if (folder / RUN_RECORD).is_file():
+            return folder / RUN_RECORD
+    raise UserError(f"no {RUN_RECORD} in {ckpt} or its parent: --ckpt must be a checkpoint of a peftbench run")
+
+
+def load_run_config(ckpt: Path) -> RunConfig:
+    """The RunConfig a checkpoint was trained with (first line of its run's output.jsonl)."""
+    record_path = find_run_record(ckpt)
+    try:
+        first = json.loads(record_path.read_text(encoding="utf-8").splitlines()[0])
+        saved = first["config"]
+    except (IndexError, KeyError, json.JSONDecodeError) as exc:
+        raise UserError(f"{record_path} is not a peftbench run record ({exc.__class__.__name__})") from exc
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    return RunConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+def timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file and rename, so a reader never sees half a result."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
