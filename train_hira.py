@@ -13,15 +13,16 @@ Small runs: add --model_name=smollm2-135m --max_steps=20 --max_train_samples=200
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
-from peftbench.cli import add_config_flags, build_config, run_guarded, setup_logging
+from peftbench.cli import OneLineErrorParser, add_config_flags, build_config, run_guarded, setup_logging
 from peftbench.config import EvalConfig, RunConfig
 from peftbench.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     train_flags = add_config_flags(parser, RunConfig)
     eval_flags = add_config_flags(parser, EvalConfig, skip=train_flags)
     args = parser.parse_args(argv)
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def dispatch() -> None:
         if "ckpt" in given:
-            stray = given & (train_flags - {f.name for f in EvalConfig.__dataclass_fields__.values()})
+            stray = given & (train_flags - {f.name for f in dataclasses.fields(EvalConfig)})
             if stray:
                 raise UserError(f"--{sorted(stray)[0]} is a training flag; with --ckpt only evaluation flags apply")
             from peftbench.evaluate.runner import evaluate

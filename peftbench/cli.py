@@ -1,10 +1,10 @@
 """Command-line entry points: flags -> config dataclasses -> library functions. No logic lives here.
 
-    peftbench train --peft_type hira --model_name smollm2-135m --dataset common_170k ...
-    peftbench eval  --ckpt results_hira/<run>/checkpoint-N --dataset all
-    peftbench analyze results_hira results_lora --out results_analysis
-    peftbench data list
-    peftbench demo
+peftbench train --peft_type hira --model_name smollm2-135m --dataset common_170k ...
+peftbench eval  --ckpt results_hira/<run>/checkpoint-N --dataset all
+peftbench analyze results_hira results_lora --out results_analysis
+peftbench data list
+peftbench demo
 """
 
 from __future__ import annotations
@@ -52,6 +52,13 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type, skip: 
         parser.add_argument(f"--{field.name}", **options)
         added.add(field.name)
     return added
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gives one 'error:' line (exit 2) instead of a usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def build_config(config_class: type, namespace: argparse.Namespace) -> Any:
@@ -117,7 +124,7 @@ def _demo(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from peftbench.config import default_data_dir
 
-    parser = argparse.ArgumentParser(prog="peftbench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = OneLineErrorParser(prog="peftbench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train one method")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peftbench.data.registry import get_dataset, resolve_names
 from peftbench.errors import UserError
 
 METHODS = ("hira", "lora", "fft", "ia3")
@@ -60,7 +61,8 @@ class RunConfig:
     warmup: int = field(default=0, metadata=_help("Linear warm-up steps."))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     load_bit: int = field(
-        default=16, metadata=_help("16: bf16 where supported, else fp16 on GPU / fp32 on CPU; 32: fp32.", choices=(16, 32))
+        default=16,
+        metadata=_help("16: bf16 where supported, else fp16 on GPU / fp32 on CPU; 32: fp32.", choices=(16, 32)),
     )
     enable_grad_ckpt: bool = field(default=False, metadata=_help("Enable gradient checkpointing."))
     seed: int = field(default=36, metadata=_help("Random seed (data split, init, data order)."))
@@ -71,15 +73,21 @@ class RunConfig:
     save_total_limit: int | None = field(
         default=None, metadata=_help("Keep at most this many checkpoints (the best is always kept).")
     )
-    output_folder: str | None = field(default=None, metadata=_help("Parent folder of the run; default results_{peft_type}."))
+    output_folder: str | None = field(
+        default=None, metadata=_help("Parent folder of the run; default results_{peft_type}.")
+    )
     max_length: int = field(default=256, metadata=_help("Maximum tokens per training example."))
     val_set_size: int = field(default=120, metadata=_help("Examples held out of the training data for validation."))
     train_on_inputs: bool = field(
         default=False,
         metadata=_help("Also train on prompt tokens (LLM-Adapters' behaviour); default: loss on the response only."),
     )
-    max_steps: int = field(default=-1, metadata=_help("Stop after this many optimizer steps (-1: train --epoch epochs)."))
-    max_train_samples: int | None = field(default=None, metadata=_help("Train on a seeded sample of this many examples."))
+    max_steps: int = field(
+        default=-1, metadata=_help("Stop after this many optimizer steps (-1: train --epoch epochs).")
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata=_help("Train on a seeded sample of this many examples.")
+    )
     logging_steps: int = field(default=10, metadata=_help("Log the training loss every N optimizer steps."))
     data_dir: str = field(
         default_factory=default_data_dir,
@@ -94,9 +102,12 @@ class RunConfig:
             raise UserError(f"--r_ab must be a positive integer for {self.peft_type}, got {self.r_ab}")
         if self.load_bit not in (16, 32):
             raise UserError(f"--load_bit must be 16 or 32, got {self.load_bit}")
+        get_dataset(self.dataset)
         if self.eval_strategy not in EVAL_STRATEGIES:
             raise UserError(f"--eval_strategy must be one of {', '.join(EVAL_STRATEGIES)}, got {self.eval_strategy!r}")
-        _require_positive(batch=self.batch, grad_acc=self.grad_acc, eval_steps=self.eval_steps, max_length=self.max_length)
+        _require_positive(
+            batch=self.batch, grad_acc=self.grad_acc, eval_steps=self.eval_steps, max_length=self.max_length
+        )
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
         if self.peft_type != "fft" and not self.target_module_list:
@@ -127,13 +138,16 @@ class EvalConfig:
     batch: int = field(default=16, metadata=_help("Prompts per generation batch."))
     beam_size: int = field(default=4, metadata=_help("Beams for generation."))
     max_new_tokens: int = field(default=16, metadata=_help("Maximum generated tokens per answer."))
-    max_eval_samples: int | None = field(default=None, metadata=_help("Evaluate a seeded sample of this many examples."))
+    max_eval_samples: int | None = field(
+        default=None, metadata=_help("Evaluate a seeded sample of this many examples.")
+    )
     load_bit: int = field(default=16, metadata=_help("Precision, as for training.", choices=(16, 32)))
     seed: int = field(default=36, metadata=_help("Seed of the evaluation sample."))
     output_dir: str | None = field(default=None, metadata=_help("Where results go; default the checkpoint folder."))
     data_dir: str = field(default_factory=default_data_dir, metadata=_help("As for training."))
 
     def __post_init__(self) -> None:
+        resolve_names(self.dataset)
         if (self.ckpt is None) == (self.model_name is None):
             raise UserError("give exactly one of --ckpt (a trained checkpoint) or --model_name (zero-shot)")
         _require_positive(

@@ -38,8 +38,9 @@ def _embedded_model_dir(name: str) -> Path:
     logger.info("converting %s from %s to safetensors in %s (once)", name, gguf_file, target)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
-    # The weights are now plain floats; keeping the GGUF quantization entry would make transformers re-read them.
+    # Loading dequantized the weights to fp32; without the GGUF markers the copy saves and loads as a normal model.
     del model.config.quantization_config
+    model.hf_quantizer = None
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
     model.save_pretrained(staging)

@@ -95,7 +95,7 @@ def peak_memory() -> dict[str, float]:
 
 def make_run_dir(config: RunConfig) -> Path:
     """A new folder; a second run started in the same second gets a suffix instead of sharing it."""
-    base = Path(config.output_folder) / config.run_folder_name(timestamp())
+    base = Path(config.output_folder).resolve() / config.run_folder_name(timestamp())
     candidate, suffix = base, 1
     while True:
         try:
@@ -131,7 +131,7 @@ def training_arguments(config: RunConfig, run_dir: Path, bf16: bool, fp16: bool,
         **{_CHECKPOINTING: config.enable_grad_ckpt, f"{_CHECKPOINTING}_kwargs": {"use_reentrant": False}},
         eval_strategy=eval_strategy,
         eval_steps=config.eval_steps,
-        # Checkpoints at each evaluation, so the best one by validation loss can be kept; the Trainer also saves the last step.
+        # A checkpoint at each evaluation, so the best by validation loss can be kept; the Trainer also saves the last.
         save_strategy="epoch" if eval_strategy == "epoch" else "steps",
         save_steps=config.eval_steps,
         save_total_limit=config.save_total_limit,

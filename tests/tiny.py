@@ -40,10 +40,20 @@ def tiny_config(architecture: str, vocab_size: int, eos_id: int):
     common = {"vocab_size": vocab_size, "bos_token_id": eos_id, "eos_token_id": eos_id, "max_position_embeddings": 512}
     if architecture == "gpt_neo":
         return GPTNeoConfig(
-            hidden_size=64, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]], window_size=256, **common
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            attention_types=[[["global", "local"], 1]],
+            window_size=256,
+            **common,
         )
     return LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, **common
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        **common,
     )
 
 

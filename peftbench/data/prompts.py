@@ -49,6 +49,6 @@ def tokenize_batch(
     batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase, max_length: int, train_on_inputs: bool
 ) -> dict[str, list[list[int]]]:
     """``datasets.map(batched=True)`` adapter around tokenize_example."""
-    rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+    rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
     encoded = [tokenize_example(row, tokenizer, max_length, train_on_inputs) for row in rows]
     return {key: [item[key] for item in encoded] for key in ("input_ids", "attention_mask", "labels")}

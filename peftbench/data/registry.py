@@ -40,7 +40,11 @@ BENCHMARKS: tuple[DatasetSpec, ...] = (
     DatasetSpec("piqa", "piqa", _numbered("solution", 2)),
     DatasetSpec("siqa", "social_i_qa", _numbered("answer", 3), aliases=("social_i_qa",)),
     DatasetSpec(
-        "hellaswag", "hellaswag", _numbered("ending", 4), aliases=("hellas",), test_files=("test.json", "test_sample.json")
+        "hellaswag",
+        "hellaswag",
+        _numbered("ending", 4),
+        aliases=("hellas",),
+        test_files=("test.json", "test_sample.json"),
     ),
     DatasetSpec("winogrande", "winogrande", _numbered("option", 2), aliases=("winog",)),
     # LLM-Adapters' extractor accepts answer5 for the ARC and OBQA family (one ARC-Easy test question has five options).
@@ -86,3 +90,12 @@ def get_dataset(name: str) -> DatasetSpec:
 
 def benchmark_names() -> list[str]:
     return [spec.name for spec in BENCHMARKS]
+
+
+def resolve_names(requested: str) -> list[str]:
+    """'all' (the nine benchmarks), one name or a comma-separated list, normalised to registry names."""
+    names = benchmark_names() if requested.strip().lower() == "all" else requested.split(",")
+    resolved = [get_dataset(name.strip()).name for name in names if name.strip()]
+    if not resolved:
+        raise UserError("--dataset is empty")
+    return resolved

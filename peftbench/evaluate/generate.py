@@ -39,7 +39,7 @@ def generate_responses(
                 pad_token_id=tokenizer.pad_token_id,
             )
             new_tokens = output[:, encoded["input_ids"].shape[1] :]
-            for index, text in zip(indices, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+            for index, text in zip(indices, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
                 responses[index] = text
     finally:
         tokenizer.padding_side = previous_side

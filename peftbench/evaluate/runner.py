@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from peftbench.config import RUN_RECORD, EvalConfig, environment_record, load_run_config, write_atomic
 from peftbench.data.prompts import build_prompt
-from peftbench.data.registry import benchmark_names, get_dataset
+from peftbench.data.registry import get_dataset, resolve_names
 from peftbench.data.sources import files_sha256, load_test_examples
 from peftbench.errors import UserError
 from peftbench.evaluate.extract import extract_answer
@@ -52,7 +52,8 @@ def resolve_checkpoint(path: Path) -> Path:
         ends = [line for line in lines if line.get("event") == "train_end"]
         if not ends:
             raise UserError(f"{path} is a run that did not finish training: pass one of its checkpoint-N folders")
-        return Path(ends[-1]["best_checkpoint"])
+        # By name inside this run folder, so results stay usable after the folder is moved.
+        return path / Path(ends[-1]["best_checkpoint"]).name
     runs = sorted((p for p in path.iterdir() if (p / RUN_RECORD).is_file()), key=lambda p: p.stat().st_mtime)
     if runs:
         return resolve_checkpoint(runs[-1])
@@ -83,12 +84,6 @@ def load_eval_model(config: EvalConfig) -> EvalModel:
     return EvalModel(model, tokenizer, output_dir, {**description, "precision": precision.name})
 
 
-def dataset_names(requested: str) -> list[str]:
-    """'all', one name, or a comma-separated list; names are normalised through the registry."""
-    names = benchmark_names() if requested.strip().lower() == "all" else requested.split(",")
-    return [get_dataset(name.strip()).name for name in names if name.strip()]
-
-
 def sample_indices(total: int, limit: int | None, seed: int) -> list[int]:
     """A fixed, seeded sample, so every method is scored on the same examples."""
     if limit is None or limit >= total:
@@ -98,7 +93,7 @@ def sample_indices(total: int, limit: int | None, seed: int) -> list[int]:
 
 def evaluate(config: EvalConfig) -> list[dict[str, Any]]:
     """Evaluate on each requested dataset; with several, one whose data is missing is reported and skipped."""
-    names = dataset_names(config.dataset)
+    names = resolve_names(config.dataset)
     loaded = load_eval_model(config)
     records = []
     for name in names:
@@ -127,7 +122,7 @@ def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[s
     wall_time = time.perf_counter() - start
 
     predictions = []
-    for index, example, prompt, response in zip(indices, chosen, prompts, responses):
+    for index, example, prompt, response in zip(indices, chosen, prompts, responses, strict=True):
         predicted = extract_answer(response, spec.keywords)
         predictions.append(
             {

