@@ -51,6 +51,10 @@ class RunConfig:
     lora_alpha: float | None = field(default=None, metadata=_help("LoRA alpha; default 2 * r_ab."))
     lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout (LLM-Adapters uses 0.05)."))
     hira_dropout: float = field(default=0.0, metadata=_help("Dropout on HiRA's input."))
+    hira_keep_product: bool = field(
+        default=False,
+        metadata=_help("HiRA: keep W0 ⊙ (1 + BA) for backward instead of rebuilding it (faster, more memory)."),
+    )
     target_modules: str = field(
         default="q_proj,v_proj", metadata=_help("Comma-separated module names to adapt (HiRA, LoRA, IA3).")
     )

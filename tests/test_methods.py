@@ -145,8 +145,9 @@ def test_hira_layer_computes_the_formula(tiny_neo: Path) -> None:
     torch.testing.assert_close(layer(x), expected)
 
 
+@pytest.mark.parametrize("keep", [False, True])
 @pytest.mark.parametrize("fan_in_fan_out", [False, True])
-def test_hira_gradients_pass_float64_gradcheck(fan_in_fan_out: bool) -> None:
+def test_hira_gradients_pass_float64_gradcheck(fan_in_fan_out: bool, keep: bool) -> None:
     generator = torch.Generator().manual_seed(3)
 
     def randn(*shape, grad=False):
@@ -155,8 +156,34 @@ def test_hira_gradients_pass_float64_gradcheck(fan_in_fan_out: bool) -> None:
     weight = randn(6, 5) if fan_in_fan_out else randn(5, 6)  # Conv1D stores (in, out)
     bias, x, a, b = randn(5), randn(2, 3, 6, grad=True), randn(2, 6, grad=True), randn(5, 2, grad=True)
     assert torch.autograd.gradcheck(
-        lambda x, a, b: HiraLinearFunction.apply(x, weight, bias, a, b, fan_in_fan_out), (x, a, b)
+        lambda x, a, b: HiraLinearFunction.apply(x, weight, bias, a, b, fan_in_fan_out, keep), (x, a, b)
     )
+
+
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_hira_forward_and_gradients_match_a_float64_reference(dtype: torch.dtype, keep: bool) -> None:
+    """Base weights in `dtype`, adapters in fp32 (as PEFT keeps them under mixed precision)."""
+    generator = torch.Generator().manual_seed(4)
+    w0 = (0.05 * torch.randn(48, 64, generator=generator)).to(dtype)
+    bias = (0.1 * torch.randn(48, generator=generator)).to(dtype)
+    a = (0.2 * torch.randn(8, 64, generator=generator)).requires_grad_()
+    b = (0.2 * torch.randn(48, 8, generator=generator)).requires_grad_()
+    x = torch.randn(3, 10, 64, generator=generator).to(dtype).requires_grad_()
+    upstream = torch.randn(3, 10, 48, generator=generator)
+
+    out = HiraLinearFunction.apply(x, w0, bias, a, b, False, keep)
+    (out.float() * upstream).sum().backward()
+
+    ref = [t.detach().double().requires_grad_() for t in (x, a, b)]
+    expected = ref[0] @ (w0.double() * (1 + ref[2] @ ref[1])).T + bias.double()
+    (expected * upstream.double()).sum().backward()
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), expected, **tolerance)
+    for ours, reference in zip((x.grad, a.grad, b.grad), (r.grad for r in ref), strict=True):
+        scale = reference.abs().max()
+        torch.testing.assert_close(ours.double() / scale, reference / scale, **tolerance)
 
 
 def test_hira_on_conv1d_layers_matches_peft(tmp_path: Path) -> None:

@@ -1,0 +1,245 @@
+"""Benchmarks that print ratios measured side by side in one run (never timed tests: machines are noisy).
+
+    peftbench bench train                                  # GPT-Neo-1.3B geometry (6 layers) and SmolLM2-135M
+    peftbench bench train --models neo-6l --repeats 7 --out bench_train.json
+    peftbench bench train --models neo-1.3b --dtype bf16   # on a GPU: the full 24-layer model in bf16
+
+Step time is forward + backward + optimizer step, alternating methods repetition by repetition in
+one process (the frozen base weights are shared), after warm-up, reported as medians. Peak memory is
+measured in a fresh process per method: peak resident set size on CPU, max allocated on GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoConfig, PretrainedConfig, PreTrainedModel
+
+from peftbench.config import RunConfig, environment_record
+from peftbench.errors import UserError
+from peftbench.methods import METHODS, hira
+from peftbench.methods.common import wrap
+from peftbench.models import resolve_model_path
+from peftbench.train import peak_memory
+
+
+def _gpt_neo(layers: int) -> GPTNeoConfig:
+    """GPT-Neo-1.3B's geometry: hidden 2048, 16 heads, vocab 50257, alternating global/local attention."""
+    return GPTNeoConfig(
+        vocab_size=50257,
+        hidden_size=2048,
+        num_layers=layers,
+        num_heads=16,
+        attention_types=[[["global", "local"], layers // 2]],
+        max_position_embeddings=2048,
+        window_size=256,
+    )
+
+
+BENCH_MODELS: dict[str, Callable[[], PretrainedConfig]] = {
+    "neo-6l": lambda: _gpt_neo(6),
+    "neo-1.3b": lambda: _gpt_neo(24),
+    "smollm2-135m": lambda: AutoConfig.from_pretrained(resolve_model_path("smollm2-135m")),
+}
+
+# name -> how to turn a base model into the trainable model (RunConfig gives rank and targets)
+VARIANTS: dict[str, Callable[[PreTrainedModel, RunConfig], nn.Module]] = {
+    "lora": METHODS["lora"].apply,
+    "hira": METHODS["hira"].apply,
+    "hira-keep": lambda model, config: METHODS["hira"].apply(
+        model, dataclasses.replace(config, hira_keep_product=True)
+    ),
+    "peft-hira": lambda model, config: wrap(model, hira.peft_config(model, config)),
+    "ia3": METHODS["ia3"].apply,
+    "fft": METHODS["fft"].apply,
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclasses.dataclass
+class BenchSettings:
+    models: list[str]
+    methods: list[str]
+    batch: int = 2
+    seq: int = 256
+    rank: int = 64
+    targets: str = "q_proj,v_proj"
+    dtype: str = "fp32"
+    repeats: int = 5
+    warmup: int = 1
+    memory: bool = True
+
+    def __post_init__(self) -> None:
+        for name in self.models:
+            if name not in BENCH_MODELS:
+                raise UserError(f"unknown bench model {name!r}; choose from {', '.join(BENCH_MODELS)}")
+        for name in self.methods:
+            if name not in VARIANTS:
+                raise UserError(f"unknown bench method {name!r}; choose from {', '.join(VARIANTS)}")
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}")
+        if self.dtype == "bf16" and not torch.cuda.is_available():
+            raise UserError("--dtype bf16 needs a GPU (CPU matmuls in bf16 are not representative)")
+
+    def run_config(self, method: str) -> RunConfig:
+        peft_type = "hira" if "hira" in method else method
+        return RunConfig(peft_type=peft_type, r_ab=self.rank, target_modules=self.targets)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def base_weights(model_name: str, dtype: torch.dtype) -> tuple[PretrainedConfig, dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    config = BENCH_MODELS[model_name]()
+    with _device():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return config, model.state_dict()
+
+
+def build_variant(
+    method: str, config: PretrainedConfig, weights: dict[str, torch.Tensor], settings: BenchSettings
+) -> nn.Module:
+    """The method applied to a model whose frozen weights are the shared tensors (FFT gets its own copy)."""
+    with _device():  # not the meta device: buffers outside the state dict (rotary frequencies) need real values
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[settings.dtype])
+    if method == "fft":
+        weights = {name: tensor.clone() for name, tensor in weights.items()}
+    model.load_state_dict(weights, assign=True)
+    model.tie_weights()
+    model.config.use_cache = False
+    torch.manual_seed(1)
+    return VARIANTS[method](model, settings.run_config(method)).train()
+
+
+def make_step(model: nn.Module, settings: BenchSettings, vocab_size: int) -> Callable[[], float]:
+    """One optimizer step on a fixed batch; returns its wall time in seconds."""
+    ids = torch.randint(0, vocab_size, (settings.batch, settings.seq), generator=torch.Generator().manual_seed(2))
+    ids = ids.to(_device())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step() -> float:
+        start = time.perf_counter()
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return step
+
+
+def time_methods(model_name: str, settings: BenchSettings) -> dict[str, list[float]]:
+    config, weights = base_weights(model_name, DTYPES[settings.dtype])
+    steps = {
+        m: make_step(build_variant(m, config, weights, settings), settings, config.vocab_size) for m in settings.methods
+    }
+    times: dict[str, list[float]] = {m: [] for m in settings.methods}
+    for repetition in range(settings.warmup + settings.repeats):
+        measured = {method: step() for method, step in steps.items()}
+        kind = "warm-up" if repetition < settings.warmup else "repetition"
+        print(f"  {kind}: " + ", ".join(f"{m} {s:.3f}s" for m, s in measured.items()), flush=True)
+        if repetition >= settings.warmup:
+            for method, seconds in measured.items():
+                times[method].append(seconds)
+    return times
+
+
+def probe_memory(model_name: str, method: str, settings: BenchSettings) -> float:
+    """Peak memory of two training steps of one method, in GB, measured in this (fresh) process."""
+    config, weights = base_weights(model_name, DTYPES[settings.dtype])
+    step = make_step(build_variant(method, config, weights, settings), settings, config.vocab_size)
+    del weights
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    step()
+    step()
+    memory = peak_memory()
+    return memory.get("peak_gpu_mem_gb", memory.get("peak_rss_gb", 0.0))
+
+
+def _memory_in_subprocess(model_name: str, method: str, settings: BenchSettings) -> float:
+    payload = json.dumps({**dataclasses.asdict(settings), "models": [model_name], "methods": [method]})
+    result = subprocess.run(
+        [sys.executable, "-m", "peftbench.bench", "--probe-memory", payload], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"memory probe for {method} on {model_name} failed:\n{result.stderr[-2000:]}")
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def summarize(times: dict[str, list[float]], memory: dict[str, float]) -> dict[str, dict[str, Any]]:
+    return {
+        method: {"step_times_s": samples, "median_s": statistics.median(samples), "peak_memory_gb": memory.get(method)}
+        for method, samples in times.items()
+    }
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """HiRA (ours) vs LoRA and PEFT's HiRA vs ours, for time and memory, where both were measured."""
+    pairs = {
+        "hira/lora": ("hira", "lora"),
+        "hira-keep/lora": ("hira-keep", "lora"),
+        "peft-hira/hira": ("peft-hira", "hira"),
+    }
+    out = {}
+    for label, (top, bottom) in pairs.items():
+        if top in results and bottom in results:
+            out[f"time {label}"] = results[top]["median_s"] / results[bottom]["median_s"]
+            if results[top]["peak_memory_gb"] and results[bottom]["peak_memory_gb"]:
+                out[f"memory {label}"] = results[top]["peak_memory_gb"] / results[bottom]["peak_memory_gb"]
+    return out
+
+
+def format_table(model_name: str, results: dict[str, dict[str, Any]]) -> str:
+    lora = results.get("lora")
+    lines = [f"{model_name}:", f"  {'method':10s} {'median step':>12s} {'x LoRA':>7s} {'peak mem':>9s} {'x LoRA':>7s}"]
+    for method, row in results.items():
+        time_ratio = f"{row['median_s'] / lora['median_s']:.3f}" if lora else "-"
+        memory = row["peak_memory_gb"]
+        memory_ratio = f"{memory / lora['peak_memory_gb']:.3f}" if lora and memory and lora["peak_memory_gb"] else "-"
+        memory_text = f"{memory:.2f} GB" if memory else "-"
+        lines.append(f"  {method:10s} {row['median_s']:>10.3f} s {time_ratio:>7s} {memory_text:>9s} {memory_ratio:>7s}")
+    return "\n".join(lines)
+
+
+def bench_train(settings: BenchSettings, out: Path | None) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "settings": dataclasses.asdict(settings),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}",
+        "environment": environment_record(),
+        "models": {},
+    }
+    for model_name in settings.models:
+        print(f"timing {', '.join(settings.methods)} on {model_name} ...", flush=True)
+        times = time_methods(model_name, settings)
+        memory = (
+            {m: _memory_in_subprocess(model_name, m, settings) for m in settings.methods} if settings.memory else {}
+        )
+        results = summarize(times, memory)
+        report["models"][model_name] = {"methods": results, "ratios": ratios(results)}
+        print(format_table(model_name, results))
+        for label, value in ratios(results).items():
+            print(f"  {label}: {value:.3f}")
+    if out is not None:
+        out.write_text(json.dumps(report, indent=1))
+        print(f"written: {out}")
+    return report
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--probe-memory"]:
+    fields = json.loads(sys.argv[2])
+    probe_settings = BenchSettings(**fields)
+    print(probe_memory(probe_settings.models[0], probe_settings.methods[0], probe_settings))
