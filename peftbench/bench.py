@@ -3,15 +3,19 @@
     peftbench bench train                                  # GPT-Neo-1.3B geometry (6 layers) and SmolLM2-135M
     peftbench bench train --models neo-6l --repeats 7 --out bench_train.json
     peftbench bench train --models neo-1.3b --dtype bf16   # on a GPU: the full 24-layer model in bf16
+    peftbench bench eval                                   # beam-4 generation vs log-likelihood scoring
 
 Step time is forward + backward + optimizer step, alternating methods repetition by repetition in
 one process (the frozen base weights are shared), after warm-up, reported as medians. Peak memory is
-measured in a fresh process per method: peak resident set size on CPU, max allocated on GPU.
+measured in a fresh process per method over two training steps, model weights included: on CPU the
+resident-set high-water mark reset after construction (Linux), on GPU the max allocated.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import json
 import statistics
 import subprocess
@@ -30,7 +34,6 @@ from peftbench.errors import UserError
 from peftbench.methods import METHODS, hira
 from peftbench.methods.common import wrap
 from peftbench.models import resolve_model_path
-from peftbench.train import peak_memory
 
 
 def _gpt_neo(layers: int) -> GPTNeoConfig:
@@ -157,17 +160,37 @@ def time_methods(model_name: str, settings: BenchSettings) -> dict[str, list[flo
     return times
 
 
+def _reset_peak_rss() -> None:
+    """Forget the memory high-water mark of model construction, so the peak read later is training's.
+
+    Freed heap pages go back to the OS first (glibc malloc_trim); then writing 5 to /proc/self/clear_refs
+    resets the kernel's VmHWM (Linux >= 4.0).
+    """
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_gb() -> float:
+    status = Path("/proc/self/status").read_text()
+    kilobytes = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+    return kilobytes / 2**20
+
+
 def probe_memory(model_name: str, method: str, settings: BenchSettings) -> float:
-    """Peak memory of two training steps of one method, in GB, measured in this (fresh) process."""
+    """Peak memory (GB) during two training steps of one method, weights included, in this fresh process."""
     config, weights = base_weights(model_name, DTYPES[settings.dtype])
     step = make_step(build_variant(method, config, weights, settings), settings, config.vocab_size)
     del weights
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    else:
+        _reset_peak_rss()
     step()
     step()
-    memory = peak_memory()
-    return memory.get("peak_gpu_mem_gb", memory.get("peak_rss_gb", 0.0))
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return _peak_rss_gb()
 
 
 def _memory_in_subprocess(model_name: str, method: str, settings: BenchSettings) -> float:
@@ -233,6 +256,64 @@ def bench_train(settings: BenchSettings, out: Path | None) -> dict[str, Any]:
         print(format_table(model_name, results))
         for label, value in ratios(results).items():
             print(f"  {label}: {value:.3f}")
+    if out is not None:
+        out.write_text(json.dumps(report, indent=1))
+        print(f"written: {out}")
+    return report
+
+
+def bench_eval(
+    model_name: str, dataset: str, examples: int, batch: int, beam_size: int, max_new_tokens: int, data_dir: str,
+    out: Path | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Seconds per example of each way to score the same seeded examples, in one process."""
+    from peftbench.data.prompts import build_prompt
+    from peftbench.data.registry import get_dataset
+    from peftbench.data.sources import answer_options, load_test_examples
+    from peftbench.evaluate.generate import generate_responses
+    from peftbench.evaluate.loglik import score_options, score_options_naive
+    from peftbench.evaluate.runner import sample_indices
+    from peftbench.models import load_base_model, load_tokenizer
+
+    path = resolve_model_path(model_name)
+    model, tokenizer = load_base_model(path, torch.float32).eval().to(_device()), load_tokenizer(path)
+    spec = get_dataset(dataset)
+    pool, _ = load_test_examples(dataset, data_dir)
+    chosen = [pool[i] for i in sample_indices(len(pool), examples, seed=36)]
+    prompts = [build_prompt(e) for e in chosen]
+    responses = [[spec.response_template.format(answer=o) for o in answer_options(e, spec)] for e in chosen]
+
+    def loglik(score: Callable) -> Callable[[], Any]:
+        return lambda: [score(model, tokenizer, p, r).best() for p, r in zip(prompts, responses, strict=True)]
+
+    def generate(shared_prefill: bool) -> Callable[[], Any]:
+        return lambda: generate_responses(model, tokenizer, prompts, batch, beam_size, max_new_tokens, shared_prefill)
+
+    setting = f"beam {beam_size}, {max_new_tokens} new tokens, batch {batch}"
+    ways: dict[str, Callable[[], Any]] = {
+        f"generate, transformers beam search ({setting})": generate(False),
+        f"generate, prompt encoded once ({setting})": generate(True),
+        "loglik, each option a full sequence": loglik(score_options_naive),
+        "loglik, prompt once + cached options": loglik(score_options),
+    }
+    seconds = {}
+    for name, way in ways.items():
+        start = time.perf_counter()
+        way()
+        seconds[name] = time.perf_counter() - start
+        print(f"  {name}: {seconds[name]:.1f} s, {seconds[name] / len(chosen):.3f} s/example", flush=True)
+    plain_s, generate_s, fast_s = (seconds[k] for k in list(ways)[:2] + ["loglik, prompt once + cached options"])
+    report = {
+        "model": model_name, "dataset": dataset, "examples": len(chosen), "device": str(_device()),
+        "seconds": seconds, "examples_per_s": {k: len(chosen) / v for k, v in seconds.items()},
+        "speedup generate plain/prompt-once": plain_s / generate_s,
+        "speedup generate/loglik-fast": generate_s / fast_s,
+        "speedup generate plain/loglik-fast": plain_s / fast_s,
+        "environment": environment_record(),
+    }  # fmt: skip
+    print(f"  generation: {plain_s / generate_s:.2f}x faster with the prompt encoded once")
+    print(f"  loglik (fast) is {generate_s / fast_s:.1f}x faster than our generation, "
+          f"{plain_s / fast_s:.1f}x faster than plain beam search, on the same {len(chosen)} examples")  # fmt: skip
     if out is not None:
         out.write_text(json.dumps(report, indent=1))
         print(f"written: {out}")

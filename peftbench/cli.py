@@ -98,8 +98,14 @@ def _eval(args: argparse.Namespace) -> None:
 def _analyze(args: argparse.Namespace) -> None:
     from peftbench.analyze import analyze
 
-    print(analyze([Path(p) for p in args.results], Path(args.out)))
-    print(f"written: {Path(args.out) / 'accuracy.csv'}, {Path(args.out) / 'accuracy.md'}")
+    print(analyze([Path(p) for p in args.results], Path(args.out), args.mode))
+    print(f"written to {args.out}: accuracy.csv, accuracy.md, stats.json, accuracy.png, loss_curves.png, report.md")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from peftbench.checkpoint import export_merged
+
+    print(f"written: {export_merged(Path(args.ckpt), Path(args.out), args.load_bit)}")
 
 
 def _data_list(args: argparse.Namespace) -> None:
@@ -139,6 +145,15 @@ def _bench_train(args: argparse.Namespace) -> None:
     bench_train(settings, Path(args.out) if args.out else None)
 
 
+def _bench_eval(args: argparse.Namespace) -> None:
+    from peftbench.bench import bench_eval
+
+    out = Path(args.out) if args.out else None
+    bench_eval(
+        args.model, args.dataset, args.examples, args.batch, args.beam_size, args.max_new_tokens, args.data_dir, out
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from peftbench.config import default_data_dir
 
@@ -155,8 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = commands.add_parser("analyze", help="accuracy table over evaluation results")
     analyze.add_argument("results", nargs="+", help="folders searched for output_*_eval.jsonl")
-    analyze.add_argument("--out", default="results_analysis", help="where accuracy.csv/.md go")
+    analyze.add_argument("--out", default="results_analysis", help="where the tables, plots and report go")
+    analyze.add_argument("--mode", default="generate", choices=("generate", "loglik"), help="which results to use")
     analyze.set_defaults(action=_analyze)
+
+    export = commands.add_parser("export", help="merge a checkpoint's adapter into its base model and save it")
+    export.add_argument("--ckpt", required=True, help="checkpoint, run or results folder")
+    export.add_argument("--out", required=True, help="folder for the merged transformers model")
+    export.add_argument("--load_bit", type=int, default=32, choices=(16, 32))
+    export.set_defaults(action=_export)
 
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     data_list = data.add_parser("list", help="the registered datasets and where their test data is found")
@@ -177,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--no_memory", action="store_true", help="skip the per-method memory processes")
     bench_train.add_argument("--out", default="bench_train.json", help="JSON report ('' for none)")
     bench_train.set_defaults(action=_bench_train)
+
+    bench_eval = bench.add_parser("eval", help="generation vs log-likelihood scoring on the same examples")
+    bench_eval.add_argument("--model", default="smollm2-135m")
+    bench_eval.add_argument("--dataset", default="arc_challenge")
+    bench_eval.add_argument("--examples", type=int, default=32)
+    bench_eval.add_argument("--batch", type=int, default=8)
+    bench_eval.add_argument("--beam_size", type=int, default=4)
+    bench_eval.add_argument("--max_new_tokens", type=int, default=16)
+    bench_eval.add_argument("--data_dir", default=default_data_dir())
+    bench_eval.add_argument("--out", default="bench_eval.json", help="JSON report ('' for none)")
+    bench_eval.set_defaults(action=_bench_eval)
 
     demo = commands.add_parser("demo", help="offline demo: HiRA on the embedded model, evaluate, table")
     demo.add_argument("--out", default="demo_results")

@@ -23,6 +23,7 @@ from peftbench.errors import UserError
 METHODS = ("hira", "lora", "fft", "ia3")
 ADAPTER_METHODS = ("hira", "lora")  # the methods that take a rank
 EVAL_STRATEGIES = ("no", "steps", "epoch")
+EVAL_MODES = ("generate", "loglik")
 DEFAULT_MODEL = "EleutherAI/gpt-neo-1.3B"
 # The official HiRA code keeps its LLM-Adapters files here; PEFTBENCH_DATA_DIR overrides it.
 DEFAULT_DATA_DIR = "data_file/llm_adapt"
@@ -138,7 +139,15 @@ class EvalConfig:
     model_name: str | None = field(
         default=None, metadata=_help("Evaluate this base model zero-shot instead of a checkpoint.")
     )
-    dataset: str = field(default="boolq", metadata=_help("Benchmark to evaluate on."))
+    dataset: str = field(default="boolq", metadata=_help("Benchmark(s): a name, a comma-separated list, or 'all'."))
+    eval_mode: str = field(
+        default="generate",
+        metadata=_help(
+            "generate: beam search + answer keyword (the papers' protocol); "
+            "loglik: argmax of each option's response log-probability.",
+            choices=EVAL_MODES,
+        ),
+    )
     batch: int = field(default=16, metadata=_help("Prompts per generation batch."))
     beam_size: int = field(default=4, metadata=_help("Beams for generation."))
     max_new_tokens: int = field(default=16, metadata=_help("Maximum generated tokens per answer."))
@@ -148,10 +157,13 @@ class EvalConfig:
     load_bit: int = field(default=16, metadata=_help("Precision, as for training.", choices=(16, 32)))
     seed: int = field(default=36, metadata=_help("Seed of the evaluation sample."))
     output_dir: str | None = field(default=None, metadata=_help("Where results go; default the checkpoint folder."))
+    overwrite: bool = field(default=False, metadata=_help("Redo datasets whose complete results already exist."))
     data_dir: str = field(default_factory=default_data_dir, metadata=_help("As for training."))
 
     def __post_init__(self) -> None:
         resolve_names(self.dataset)
+        if self.eval_mode not in EVAL_MODES:
+            raise UserError(f"--eval_mode must be one of {', '.join(EVAL_MODES)}, got {self.eval_mode!r}")
         if (self.ckpt is None) == (self.model_name is None):
             raise UserError("give exactly one of --ckpt (a trained checkpoint) or --model_name (zero-shot)")
         _require_positive(
@@ -209,6 +221,26 @@ def find_run_record(ckpt: Path) -> Path:
         if (folder / RUN_RECORD).is_file():
             return folder / RUN_RECORD
     raise UserError(f"no {RUN_RECORD} in {ckpt} or its parent: --ckpt must be a checkpoint of a peftbench run")
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint folder; a run folder gives its best checkpoint, a results folder its newest run's."""
+    if not path.exists():
+        raise UserError(f"--ckpt {path} does not exist")
+    if (path / "adapter_config.json").is_file() or (path / "config.json").is_file():
+        return path
+    record = path / RUN_RECORD
+    if record.is_file():
+        lines = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines() if line.strip()]
+        ends = [line for line in lines if line.get("event") == "train_end"]
+        if not ends:
+            raise UserError(f"{path} is a run that did not finish training: pass one of its checkpoint-N folders")
+        # By name inside this run folder, so results stay usable after the folder is moved.
+        return path / Path(ends[-1]["best_checkpoint"]).name
+    runs = sorted((p for p in path.iterdir() if (p / RUN_RECORD).is_file()), key=lambda p: p.stat().st_mtime)
+    if runs:
+        return resolve_checkpoint(runs[-1])
+    raise UserError(f"--ckpt {path} is neither a checkpoint, a run folder with {RUN_RECORD}, nor a folder of runs")
 
 
 def load_run_config(ckpt: Path) -> RunConfig:

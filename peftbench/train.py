@@ -105,14 +105,6 @@ def make_run_dir(config: RunConfig) -> Path:
             candidate, suffix = Path(f"{base}-{suffix}"), suffix + 1
 
 
-# transformers 5.2x renamed gradient_checkpointing to activation_checkpointing; accept both within 5.x.
-_CHECKPOINTING = (
-    "activation_checkpointing"
-    if "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)}
-    else "gradient_checkpointing"
-)
-
-
 def training_arguments(config: RunConfig, run_dir: Path, bf16: bool, fp16: bool, evaluate: bool) -> TrainingArguments:
     eval_strategy = config.eval_strategy if evaluate else "no"
     return TrainingArguments(
@@ -128,7 +120,8 @@ def training_arguments(config: RunConfig, run_dir: Path, bf16: bool, fp16: bool,
         bf16=bf16,
         fp16=fp16,
         # Non-reentrant checkpointing works with frozen embeddings (adapters) without enable_input_require_grads.
-        **{_CHECKPOINTING: config.enable_grad_ckpt, f"{_CHECKPOINTING}_kwargs": {"use_reentrant": False}},
+        activation_checkpointing=config.enable_grad_ckpt,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         eval_strategy=eval_strategy,
         eval_steps=config.eval_steps,
         # A checkpoint at each evaluation, so the best by validation loss can be kept; the Trainer also saves the last.

@@ -160,3 +160,16 @@ def test_baseline_scripts_evaluate_all_datasets_skip_missing_ones_and_analyze(
     assert analysis.returncode == 0, analysis.stderr[-3000:]
     assert "| method | boolq | avg | n_datasets |" in analysis.stdout
     assert (workdir / "results_analysis" / "accuracy.csv").read_text().startswith("method,boolq,avg,n_datasets\nlora,")
+
+
+def test_export_writes_a_merged_plain_model(trained_run: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from peftbench.checkpoint import load_trained
+
+    result = run(["-m", "peftbench.cli", "export", "--ckpt", str(trained_run), "--out", str(tmp_path / "m")], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    adapted, _, _ = load_trained(trained_run / "checkpoint-8", torch.float32)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    ids = torch.randint(0, merged.config.vocab_size, (1, 9))
+    torch.testing.assert_close(merged(input_ids=ids).logits, adapted.eval()(input_ids=ids).logits, rtol=1e-5, atol=1e-5)

@@ -1,22 +1,23 @@
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM
 
+from peftbench.config import resolve_checkpoint
 from peftbench.data.prompts import build_prompt
 from peftbench.data.sources import load_test_examples
 from peftbench.errors import UserError
 from peftbench.evaluate.generate import generate_responses
-from peftbench.evaluate.runner import resolve_checkpoint, sample_indices
+from peftbench.evaluate.runner import sample_indices
 from peftbench.models import load_tokenizer
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
-def test_batched_generation_equals_one_prompt_at_a_time(tiny_llama: Path, data_dir: str, beam_size: int) -> None:
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
-    tokenizer = load_tokenizer(str(tiny_llama))
+@pytest.mark.parametrize("architecture", ["tiny_neo", "tiny_llama"])
+def test_batched_generation_equals_one_prompt_at_a_time(architecture: str, beam_size: int, data_dir: str, request):
+    model_dir = request.getfixturevalue(architecture)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = load_tokenizer(str(model_dir))
     examples, _ = load_test_examples("piqa", data_dir)
     prompts = [build_prompt(e) for e in examples[:5]] + ["Short prompt?"]  # very different lengths -> padding
     one_by_one = generate_responses(model, tokenizer, prompts, 1, beam_size, 6)
@@ -24,6 +25,18 @@ def test_batched_generation_equals_one_prompt_at_a_time(tiny_llama: Path, data_d
     assert batched == one_by_one
     assert all(one_by_one) and len(set(one_by_one)) > 1  # real, differing generations
     assert tokenizer.padding_side == "right"  # restored for training
+
+
+@pytest.mark.parametrize("architecture", ["tiny_neo", "tiny_llama"])
+def test_encoding_each_prompt_once_gives_plain_beam_search_output(architecture: str, data_dir: str, request):
+    model_dir = request.getfixturevalue(architecture)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = load_tokenizer(str(model_dir))
+    examples, _ = load_test_examples("arc_easy", data_dir)
+    prompts = [build_prompt(e) for e in examples[:6]]
+    shared = generate_responses(model, tokenizer, prompts, 3, 4, 8, shared_prefill=True)
+    plain = generate_responses(model, tokenizer, prompts, 3, 4, 8, shared_prefill=False)
+    assert shared == plain and len(set(plain)) > 1
 
 
 def test_evaluation_sample_is_fixed_by_the_seed() -> None:
@@ -48,3 +61,42 @@ def test_checkpoint_resolution(tmp_path: Path) -> None:
         resolve_checkpoint(tmp_path / "nowhere")
     with pytest.raises(UserError, match="neither a checkpoint"):
         resolve_checkpoint(tmp_path)
+
+
+def test_rerun_skips_finished_results_and_redoes_changed_or_broken_ones(
+    tiny_llama: Path, data_dir: str, tmp_path, caplog
+):
+    import json
+    import logging
+
+    from peftbench.config import EvalConfig
+    from peftbench.evaluate.runner import evaluate
+
+    def run(**overrides):
+        settings = {"model_name": str(tiny_llama), "output_dir": str(tmp_path), "dataset": "boolq,winogrande",
+                    "beam_size": 1, "max_new_tokens": 2, "max_eval_samples": 3, "data_dir": data_dir}  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            return evaluate(EvalConfig(**{**settings, **overrides}))
+
+    first = run()
+    result = tmp_path / "output_boolq_eval.jsonl"
+    assert run() == first and "skipping" in caplog.text and "redoing" not in caplog.text
+
+    run(max_new_tokens=3)
+    assert "redoing" in caplog.text and "max_new_tokens changed" in caplog.text
+    assert json.loads(result.read_text())["eval_config"]["max_new_tokens"] == 3
+
+    result.write_text('{"dataset": "boolq", "accur')  # a half-written file from a killed run
+    run(max_new_tokens=3)
+    assert f"redoing {result}: it is incomplete or corrupt" in caplog.text
+    assert json.loads(result.read_text())["total"] == 3
+
+    predictions = tmp_path / "predictions_winogrande.json"
+    predictions.write_text(json.dumps(json.loads(predictions.read_text())[:1]))
+    run(max_new_tokens=3)
+    assert "redoing" in caplog.text and "winogrande" in caplog.text and "skipping" in caplog.text  # boolq skipped
+    assert len(json.loads(predictions.read_text())) == 3
+
+    run(max_new_tokens=3, overwrite=True)
+    assert "skipping" not in caplog.text

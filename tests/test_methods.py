@@ -208,3 +208,27 @@ def test_unknown_target_module_names_the_existing_ones(tiny_llama: Path) -> None
     expected = "query not found in the model; its linear modules are: down_proj,gate_proj,k_proj,lm_head,o_proj,q_proj"
     with pytest.raises(UserError, match=expected):
         build("lora", tiny_llama, target_modules="q_proj,query")
+
+
+def test_hira_merge_unmerge_and_merged_export(tiny_llama: Path, tmp_path: Path) -> None:
+    model = build("hira", tiny_llama, target_modules="q_proj,v_proj,down_proj")
+    perturb_trainable(model)
+    model.eval()
+    ids = batch(128)["input_ids"]
+    adapted = model(input_ids=ids).logits
+    layer = next(m for m in model.modules() if isinstance(m, FusedHiraLinear))
+    w0 = layer.base_layer.weight.detach().clone()
+    a, b = layer.hira_A["default"].detach(), layer.hira_B["default"].detach()
+
+    model.merge_adapter()
+    torch.testing.assert_close(layer.base_layer.weight.detach(), w0 * (1 + b @ a))
+    torch.testing.assert_close(model(input_ids=ids).logits, adapted, rtol=1e-5, atol=1e-5)
+    model.unmerge_adapter()
+    torch.testing.assert_close(layer.base_layer.weight.detach(), w0)
+    torch.testing.assert_close(model(input_ids=ids).logits, adapted)
+
+    merged = model.merge_and_unload()
+    assert not any("hira" in name for name, _ in merged.named_parameters())
+    merged.save_pretrained(tmp_path)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(plain(input_ids=ids).logits, adapted, rtol=1e-5, atol=1e-5)

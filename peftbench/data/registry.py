@@ -24,6 +24,7 @@ class DatasetSpec:
     official_schema: str | None = None
     extra_folders: tuple[str, ...] = ()  # other places, relative to a data root, where its files may lie
     union_of: tuple[str, ...] = ()  # a training mix: rebuilt from these datasets' train files if its own is absent
+    response_template: str = "the correct answer is {answer}"  # the trained response; loglik scores it per option
     version: str = "llm-adapters-1"  # recorded in every result, so a prompt change stays traceable
 
     @property

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,19 @@ def load_train_examples(name: str, data_dir: str) -> tuple[list[Example], list[P
             ", ".join(missing),
         )
     return examples, paths
+
+
+_ANSWER_FORMAT = re.compile(r"Answer format: (\S+)\s*$")
+
+
+def answer_options(example: Example, spec: DatasetSpec) -> list[str]:
+    """The options this question offers, from its own 'Answer format: a/b/c' line (an ARC question may have 3 or 5)."""
+    match = _ANSWER_FORMAT.search(example["instruction"])
+    if match:
+        options = match.group(1).split("/")
+        if all(option in spec.keywords for option in options) and example["answer"] in options:
+            return options
+    return list(spec.keywords)
 
 
 def files_sha256(paths: Sequence[Path]) -> str:

@@ -17,16 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from peftbench.config import RUN_RECORD, EvalConfig, environment_record, load_run_config, write_atomic
+from peftbench.checkpoint import load_trained
+from peftbench.config import EvalConfig, environment_record, resolve_checkpoint, write_atomic
 from peftbench.data.prompts import build_prompt
-from peftbench.data.registry import get_dataset, resolve_names
-from peftbench.data.sources import files_sha256, load_test_examples
+from peftbench.data.registry import DatasetSpec, get_dataset, resolve_names
+from peftbench.data.sources import Example, answer_options, files_sha256, load_test_examples
 from peftbench.errors import UserError
 from peftbench.evaluate.extract import extract_answer
 from peftbench.evaluate.generate import generate_responses
-from peftbench.methods import get_method
+from peftbench.evaluate.loglik import score_options
 from peftbench.models import choose_precision, load_base_model, load_tokenizer, resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -40,35 +42,11 @@ class EvalModel:
     description: dict[str, Any]  # what was evaluated, recorded with every result
 
 
-def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint folder; a run folder gives its best checkpoint, a results folder its newest run's."""
-    if not path.exists():
-        raise UserError(f"--ckpt {path} does not exist")
-    if (path / "adapter_config.json").is_file() or (path / "config.json").is_file():
-        return path
-    record = path / RUN_RECORD
-    if record.is_file():
-        lines = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines() if line.strip()]
-        ends = [line for line in lines if line.get("event") == "train_end"]
-        if not ends:
-            raise UserError(f"{path} is a run that did not finish training: pass one of its checkpoint-N folders")
-        # By name inside this run folder, so results stay usable after the folder is moved.
-        return path / Path(ends[-1]["best_checkpoint"]).name
-    runs = sorted((p for p in path.iterdir() if (p / RUN_RECORD).is_file()), key=lambda p: p.stat().st_mtime)
-    if runs:
-        return resolve_checkpoint(runs[-1])
-    raise UserError(f"--ckpt {path} is neither a checkpoint, a run folder with {RUN_RECORD}, nor a folder of runs")
-
-
 def load_eval_model(config: EvalConfig) -> EvalModel:
     precision = choose_precision(config.load_bit)
     if config.ckpt is not None:
         ckpt = resolve_checkpoint(Path(config.ckpt))
-        run_config = load_run_config(ckpt)
-        base_path = resolve_model_path(run_config.model_name)
-        model = get_method(run_config.peft_type).load(ckpt, base_path, precision.dtype)
-        has_tokenizer = (ckpt / "tokenizer_config.json").is_file()
-        tokenizer = load_tokenizer(str(ckpt) if has_tokenizer else base_path)
+        model, tokenizer, run_config = load_trained(ckpt, precision.dtype)
         output_dir = Path(config.output_dir) if config.output_dir else ckpt
         description = {"ckpt": str(ckpt), "model_name": run_config.model_name, "peft_type": run_config.peft_type}
     else:
@@ -108,40 +86,99 @@ def evaluate(config: EvalConfig) -> list[dict[str, Any]]:
     return records
 
 
-def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[str, Any]:
-    spec = get_dataset(name)
-    examples, path = load_test_examples(name, config.data_dir)
-    indices = sample_indices(len(examples), config.max_eval_samples, config.seed)
-    chosen = [examples[i] for i in indices]
-    prompts = [build_prompt(example) for example in chosen]
-
-    start = time.perf_counter()
+def _generate(loaded: EvalModel, spec: DatasetSpec, examples: list[Example], config: EvalConfig) -> list[dict]:
+    prompts = [build_prompt(example) for example in examples]
     responses = generate_responses(
         loaded.model, loaded.tokenizer, prompts, config.batch, config.beam_size, config.max_new_tokens
     )
-    wall_time = time.perf_counter() - start
+    return [{"generated": text, "predicted": extract_answer(text, spec.keywords)} for text in responses]
 
-    predictions = []
-    for index, example, prompt, response in zip(indices, chosen, prompts, responses, strict=True):
-        predicted = extract_answer(response, spec.keywords)
-        predictions.append(
+
+def _loglik(loaded: EvalModel, spec: DatasetSpec, examples: list[Example], config: EvalConfig) -> list[dict]:
+    rows = []
+    for example in tqdm(examples, desc="loglik", unit="example"):
+        options = answer_options(example, spec)
+        responses = [spec.response_template.format(answer=option) for option in options]
+        scores = score_options(loaded.model, loaded.tokenizer, build_prompt(example), responses)
+        rows.append(
             {
-                "index": index,
-                "prompt": prompt,
-                "generated": response,
-                "predicted": predicted,
-                "answer": example["answer"],
-                "correct": predicted == example["answer"],
+                "options": options,
+                "logprobs": scores.logprobs,
+                "token_counts": scores.token_counts,
+                "predicted": options[scores.best()],
+                "predicted_norm": options[scores.best(normalise=True)],
             }
         )
+    return rows
+
+
+# --eval_mode -> (how to predict, suffix of the result files); generation keeps the specification's file names.
+SCORERS = {"generate": (_generate, ""), "loglik": (_loglik, "_loglik")}
+
+
+# Settings that change an evaluation's outcome; a finished result made with others is redone.
+RESULT_SETTINGS = ("eval_mode", "beam_size", "max_new_tokens", "max_eval_samples", "seed", "load_bit")
+
+
+def finished_result(result_path: Path, data_sha256: str, config: EvalConfig) -> dict[str, Any] | None:
+    """The existing result if it is complete and was made with the same settings and data; else None (and why)."""
+    if config.overwrite or not result_path.exists():
+        return None
+    try:
+        record = json.loads(result_path.read_text(encoding="utf-8").splitlines()[-1])
+        predictions = json.loads((result_path.parent / record["predictions_file"]).read_text(encoding="utf-8"))
+        complete = len(predictions) == record["total"]
+    except (OSError, IndexError, KeyError, json.JSONDecodeError):
+        complete, record = False, {}
+    if not complete:
+        logger.warning("redoing %s: it is incomplete or corrupt", result_path)
+        return None
+    changed = [k for k in RESULT_SETTINGS if record.get("eval_config", {}).get(k) != getattr(config, k)]
+    if record.get("data_sha256") != data_sha256:
+        changed.append("data file contents")
+    if changed:
+        logger.warning("redoing %s: %s changed", result_path, ", ".join(changed))
+        return None
+    logger.info(
+        "skipping %s: already evaluated (accuracy %.4f); --overwrite redoes it", result_path, record["accuracy"]
+    )
+    return record
+
+
+def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[str, Any]:
+    spec = get_dataset(name)
+    examples, path = load_test_examples(name, config.data_dir)
+    predict, suffix = SCORERS[config.eval_mode]
+    result_path = loaded.output_dir / f"output_{spec.name}{suffix}_eval.jsonl"
+    data_sha256 = files_sha256([path])
+    if (done := finished_result(result_path, data_sha256, config)) is not None:
+        return done
+    indices = sample_indices(len(examples), config.max_eval_samples, config.seed)
+    chosen = [examples[i] for i in indices]
+
+    start = time.perf_counter()
+    rows = predict(loaded, spec, chosen, config)
+    wall_time = time.perf_counter() - start
+
+    predictions = [
+        {
+            "index": index,
+            "prompt": build_prompt(example),
+            **row,
+            "answer": example["answer"],
+            "correct": row["predicted"] == example["answer"],
+        }  # fmt: skip
+        for index, example, row in zip(indices, chosen, rows, strict=True)
+    ]
     correct = sum(p["correct"] for p in predictions)
     record = {
         "dataset": spec.name,
         "dataset_version": spec.version,
         "data_file": str(path),
-        "data_sha256": files_sha256([path]),
+        "data_sha256": data_sha256,
         **loaded.description,
-        "mode": "generate",
+        "mode": config.eval_mode,
+        "predictions_file": f"predictions_{spec.name}{suffix}.json",
         "accuracy": correct / len(predictions),
         "correct": correct,
         "total": len(predictions),
@@ -152,8 +189,13 @@ def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[s
         "examples_per_s": round(len(predictions) / wall_time, 3),
         "environment": environment_record(),
     }
+    if all("predicted_norm" in p for p in predictions):
+        record["accuracy_norm"] = sum(p["predicted_norm"] == p["answer"] for p in predictions) / len(predictions)
     out = loaded.output_dir
-    write_atomic(out / f"predictions_{spec.name}.json", json.dumps(predictions, indent=1))
-    write_atomic(out / f"output_{spec.name}_eval.jsonl", json.dumps(record) + "\n")
-    logger.info("%s: accuracy %.4f (%d/%d) -> %s", spec.name, record["accuracy"], correct, len(predictions), out)
+    write_atomic(out / record["predictions_file"], json.dumps(predictions, indent=1))
+    write_atomic(result_path, json.dumps(record) + "\n")  # last: its presence means the dataset is done
+    logger.info(
+        "%s (%s): accuracy %.4f (%d/%d) -> %s", spec.name, config.eval_mode, record["accuracy"], correct,
+        len(predictions), out,
+    )  # fmt: skip
     return record

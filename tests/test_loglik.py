@@ -1,0 +1,94 @@
+"""Log-likelihood scoring: hand-computed scores, fast path equals naive path, option parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from peftbench.data.prompts import build_prompt
+from peftbench.data.registry import get_dataset
+from peftbench.data.sources import answer_options, load_test_examples
+from peftbench.evaluate.loglik import OptionScores, score_options, score_options_naive
+from peftbench.models import load_tokenizer
+
+
+@pytest.fixture(scope="module", params=["tiny_neo", "tiny_llama"])
+def model_and_tokenizer(request):
+    model_dir = request.getfixturevalue(request.param)
+    return AutoModelForCausalLM.from_pretrained(model_dir).eval(), load_tokenizer(str(model_dir))
+
+
+def test_scores_equal_a_hand_computed_sum_of_token_logprobs(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    prompt = build_prompt({"instruction": "Is water wet?\n\nAnswer format: true/false", "input": ""})
+    responses = ["the correct answer is true", "the correct answer is false"]
+    scores = score_options(model, tokenizer, prompt, responses)
+    for response, logprob, count in zip(responses, scores.logprobs, scores.token_counts, strict=True):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        ids = tokenizer(prompt + response)["input_ids"]
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], dim=-1)
+        by_hand = sum(log_probs[position - 1, ids[position]].item() for position in range(len(prompt_ids), len(ids)))
+        assert logprob == pytest.approx(by_hand, abs=1e-4)
+        assert count == len(ids) - len(prompt_ids)
+    assert scores.best() == max(range(2), key=lambda i: scores.logprobs[i])
+
+
+@pytest.mark.parametrize("dataset", ["boolq", "piqa", "arc_challenge", "hellaswag", "winogrande", "csqa"])
+def test_fast_path_equals_naive_path(model_and_tokenizer, data_dir: str, dataset: str) -> None:
+    model, tokenizer = model_and_tokenizer
+    spec = get_dataset(dataset)
+    examples, _ = load_test_examples(dataset, data_dir)
+    for example in examples[:3]:
+        responses = [spec.response_template.format(answer=o) for o in answer_options(example, spec)]
+        fast = score_options(model, tokenizer, build_prompt(example), responses)
+        naive = score_options_naive(model, tokenizer, build_prompt(example), responses)
+        assert fast.token_counts == naive.token_counts
+        assert fast.logprobs == pytest.approx(naive.logprobs, abs=1e-3)
+        assert fast.best() == naive.best() and fast.best(normalise=True) == naive.best(normalise=True)
+
+
+def test_length_normalised_choice_can_differ() -> None:
+    scores = OptionScores(logprobs=[-6.0, -4.0], token_counts=[6, 2])
+    assert scores.best() == 1 and scores.best(normalise=True) == 0
+
+
+def test_options_come_from_the_questions_answer_format(data_dir: str) -> None:
+    spec = get_dataset("arc_easy")
+    examples, _ = load_test_examples("arc_easy", data_dir)
+    counts = {len(answer_options(example, spec)) for example in examples}
+    assert 4 in counts and 5 in counts  # one ARC-Easy question has five options
+    assert answer_options(load_test_examples("boolq", data_dir)[0][0], get_dataset("boolq")) == ["true", "false"]
+    assert answer_options({"instruction": "no format line", "answer": "true"}, get_dataset("boolq")) == [
+        "true",
+        "false",
+    ]
+
+
+def test_loglik_evaluation_writes_scores_and_normalised_accuracy(tiny_llama: Path, data_dir: str, tmp_path) -> None:
+    import json
+
+    from peftbench.config import EvalConfig
+    from peftbench.evaluate.runner import evaluate
+
+    (record,) = evaluate(
+        EvalConfig(
+            model_name=str(tiny_llama),
+            output_dir=str(tmp_path),
+            dataset="siqa",
+            eval_mode="loglik",
+            max_eval_samples=5,
+            data_dir=data_dir,
+        )  # fmt: skip
+    )
+    predictions = json.loads((tmp_path / "predictions_siqa_loglik.json").read_text())
+    assert record["mode"] == "loglik" and record["total"] == 5 and record["peft_type"] == "zero-shot"
+    assert record["accuracy"] == sum(p["correct"] for p in predictions) / 5
+    assert record["accuracy_norm"] == sum(p["predicted_norm"] == p["answer"] for p in predictions) / 5
+    for p in predictions:
+        assert p["options"] == ["answer1", "answer2", "answer3"] and len(p["logprobs"]) == 3
+        assert p["predicted"] == p["options"][max(range(3), key=p["logprobs"].__getitem__)]
+    assert not (tmp_path / "output_siqa_eval.jsonl").exists()  # generation results keep their own files
