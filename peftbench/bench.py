@@ -29,11 +29,12 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoConfig, PretrainedConfig, PreTrainedModel
 
-from peftbench.config import RunConfig, environment_record
+from peftbench.config import RunConfig
 from peftbench.errors import UserError
 from peftbench.methods import METHODS, hira
 from peftbench.methods.common import wrap
 from peftbench.models import resolve_model_path
+from peftbench.runs import environment_record
 
 
 def _gpt_neo(layers: int) -> GPTNeoConfig:

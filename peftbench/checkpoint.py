@@ -9,9 +9,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from peftbench.config import RunConfig, load_run_config, resolve_checkpoint
+from peftbench.config import RunConfig
 from peftbench.methods import get_method
 from peftbench.models import choose_precision, load_tokenizer, resolve_model_path
+from peftbench.runs import load_run_config, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.config import EvalConfig, RunConfig
-from peftbench.errors import UserError
+from peftbench.errors import TrainingInterrupted, UserError
 
 _SCALARS = (bool, int, float, str)
 
@@ -77,6 +77,9 @@ def run_guarded(action: Callable[[], object]) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -8,11 +8,7 @@ that produced it.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +23,6 @@ EVAL_MODES = ("generate", "loglik")
 DEFAULT_MODEL = "EleutherAI/gpt-neo-1.3B"
 # The official HiRA code keeps its LLM-Adapters files here; PEFTBENCH_DATA_DIR overrides it.
 DEFAULT_DATA_DIR = "data_file/llm_adapt"
-RUN_RECORD = "output.jsonl"
 
 
 def default_data_dir() -> str:
@@ -94,6 +89,14 @@ class RunConfig:
         default=None, metadata=_help("Train on a seeded sample of this many examples.")
     )
     logging_steps: int = field(default=10, metadata=_help("Log the training loss every N optimizer steps."))
+    resume: bool = field(
+        default=False,
+        metadata=_help("Continue the newest unfinished run of this configuration from its newest complete checkpoint."),
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata=_help("'auto' (as --resume) or a checkpoint folder to continue from.")
+    )
+    ds_config: str | None = field(default=None, metadata=_help("DeepSpeed config file (see ds_configs/)."))
     data_dir: str = field(
         default_factory=default_data_dir,
         metadata=_help("Comma-separated folders holding <dataset>/{train,test}.json (env PEFTBENCH_DATA_DIR)."),
@@ -117,6 +120,10 @@ class RunConfig:
             raise UserError(f"--lr must be positive, got {self.lr}")
         if self.peft_type != "fft" and not self.target_module_list:
             raise UserError(f"--target_modules is empty; {self.peft_type} needs at least one module name")
+        if self.resume and self.resume_from_checkpoint is None:
+            self.resume_from_checkpoint = "auto"
+        if self.ds_config is not None and not Path(self.ds_config).is_file():
+            raise UserError(f"--ds_config {self.ds_config} does not exist")
         if self.lora_alpha is None:
             self.lora_alpha = 2.0 * self.r_ab
         if self.output_folder is None:
@@ -180,87 +187,3 @@ def _require_positive(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and value <= 0:
             raise UserError(f"--{name} must be positive, got {value}")
-
-
-def environment_record() -> dict[str, Any]:
-    """Library versions and git revision, so every result says what produced it."""
-    import peft
-    import torch
-    import transformers
-
-    import peftbench
-
-    return {
-        "peftbench": peftbench.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "git_revision": _git_revision(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def _git_revision() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def append_record(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, default=str) + "\n")
-
-
-def find_run_record(ckpt: Path) -> Path:
-    """output.jsonl lives in the run folder, beside the checkpoint-N folders (or in ckpt itself)."""
-    for folder in (ckpt, ckpt.parent):
-        if (folder / RUN_RECORD).is_file():
-            return folder / RUN_RECORD
-    raise UserError(f"no {RUN_RECORD} in {ckpt} or its parent: --ckpt must be a checkpoint of a peftbench run")
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint folder; a run folder gives its best checkpoint, a results folder its newest run's."""
-    if not path.exists():
-        raise UserError(f"--ckpt {path} does not exist")
-    if (path / "adapter_config.json").is_file() or (path / "config.json").is_file():
-        return path
-    record = path / RUN_RECORD
-    if record.is_file():
-        lines = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines() if line.strip()]
-        ends = [line for line in lines if line.get("event") == "train_end"]
-        if not ends:
-            raise UserError(f"{path} is a run that did not finish training: pass one of its checkpoint-N folders")
-        # By name inside this run folder, so results stay usable after the folder is moved.
-        return path / Path(ends[-1]["best_checkpoint"]).name
-    runs = sorted((p for p in path.iterdir() if (p / RUN_RECORD).is_file()), key=lambda p: p.stat().st_mtime)
-    if runs:
-        return resolve_checkpoint(runs[-1])
-    raise UserError(f"--ckpt {path} is neither a checkpoint, a run folder with {RUN_RECORD}, nor a folder of runs")
-
-
-def load_run_config(ckpt: Path) -> RunConfig:
-    """The RunConfig a checkpoint was trained with (first line of its run's output.jsonl)."""
-    record_path = find_run_record(ckpt)
-    try:
-        first = json.loads(record_path.read_text(encoding="utf-8").splitlines()[0])
-        saved = first["config"]
-    except (IndexError, KeyError, json.JSONDecodeError) as exc:
-        raise UserError(f"{record_path} is not a peftbench run record ({exc.__class__.__name__})") from exc
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    return RunConfig(**{k: v for k, v in saved.items() if k in known})
-
-
-def timestamp() -> str:
-    return time.strftime("%Y%m%d-%H%M%S")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file and rename, so a reader never sees half a result."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)

@@ -8,3 +8,7 @@ class UserError(ValueError):
     everything below the CLI raises this instead of calling ``sys.exit``. It subclasses
     ``ValueError`` so that library callers can catch it the usual way.
     """
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; the message says how to resume."""

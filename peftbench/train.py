@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset
 from transformers import (
     DataCollatorForSeq2Seq,
@@ -29,12 +30,14 @@ from transformers import (
     set_seed,
 )
 
-from peftbench.config import RUN_RECORD, RunConfig, append_record, environment_record, timestamp
+from peftbench.config import RunConfig
 from peftbench.data.prompts import tokenize_batch
 from peftbench.data.sources import files_sha256, load_train_examples
-from peftbench.errors import UserError
+from peftbench.errors import TrainingInterrupted, UserError
+from peftbench.guards import DiskSpaceGuard, DivergenceGuard, InterruptSaver
 from peftbench.methods import get_method
 from peftbench.models import choose_precision, count_parameters, load_base_model, load_tokenizer, resolve_model_path
+from peftbench.runs import RUN_RECORD, append_record, choose_run_folder, environment_record
 
 logger = logging.getLogger(__name__)
 
@@ -93,22 +96,11 @@ def peak_memory() -> dict[str, float]:
     return {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
 
 
-def make_run_dir(config: RunConfig) -> Path:
-    """A new folder; a second run started in the same second gets a suffix instead of sharing it."""
-    base = Path(config.output_folder).resolve() / config.run_folder_name(timestamp())
-    candidate, suffix = base, 1
-    while True:
-        try:
-            candidate.mkdir(parents=True)
-            return candidate
-        except FileExistsError:
-            candidate, suffix = Path(f"{base}-{suffix}"), suffix + 1
-
-
-def training_arguments(config: RunConfig, run_dir: Path, bf16: bool, fp16: bool, evaluate: bool) -> TrainingArguments:
+def training_arguments(config: RunConfig, bf16: bool, fp16: bool, evaluate: bool) -> TrainingArguments:
+    """The Trainer's settings; output_dir is set once the run folder is chosen."""
     eval_strategy = config.eval_strategy if evaluate else "no"
     return TrainingArguments(
-        output_dir=str(run_dir),
+        output_dir=config.output_folder,
         per_device_train_batch_size=config.batch,
         per_device_eval_batch_size=config.batch,
         gradient_accumulation_steps=config.grad_acc,
@@ -133,16 +125,21 @@ def training_arguments(config: RunConfig, run_dir: Path, bf16: bool, fp16: bool,
         greater_is_better=False,
         logging_steps=config.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss must reach DivergenceGuard, not be averaged away
+        deepspeed=config.ds_config,
         seed=config.seed,
         data_seed=config.seed,
         label_names=["labels"],
         report_to="none",
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Without a GPU, use_cpu is what makes accelerate run several processes as DDP over gloo.
+        use_cpu=not torch.cuda.is_available(),
     )
 
 
 def train(config: RunConfig) -> TrainResult:
+    """Train one method; with several processes (torchrun, accelerate launch) this runs in each of them."""
     set_seed(config.seed)
     method = get_method(config.peft_type)
     precision = choose_precision(config.load_bit, full_finetune=method.full_finetune)
@@ -161,22 +158,34 @@ def train(config: RunConfig) -> TrainResult:
         parameters["trainable_percent"],
     )
 
-    run_dir = make_run_dir(config)
-    record_path = run_dir / RUN_RECORD
-    append_record(
-        record_path,
-        {
-            "config": dataclasses.asdict(config),
-            "model_path": model_path,
-            "precision": precision.name,
-            "parameters": parameters,
-            "data": data_info,
-            "environment": environment_record(),
-        },
-    )
+    args = training_arguments(config, precision.bf16, precision.fp16, evaluate=validation_data is not None)
+    args.device  # noqa: B018 -- sets up the process group (torchrun / accelerate launch) behind distributed_state
+    processes = args.distributed_state
+    target = choose_run_folder(config, processes)
+    run_dir, record_path = target.run_dir, target.run_dir / RUN_RECORD
+    args.output_dir = str(run_dir)  # known only now: process 0 names it once the processes can talk
+    if processes.is_main_process:
+        if target.resumed:
+            resumed_from = str(target.checkpoint) if target.checkpoint else "the start (no complete checkpoint)"
+            append_record(record_path, {"event": "resume", "from": resumed_from, "environment": environment_record()})
+            logger.info("resuming %s from %s", run_dir, resumed_from)
+        else:
+            append_record(
+                record_path,
+                {
+                    "config": dataclasses.asdict(config),
+                    "model_path": model_path,
+                    "precision": precision.name,
+                    "parameters": parameters,
+                    "data": data_info,
+                    "processes": processes.num_processes,
+                    "environment": environment_record(),
+                },
+            )
     logger.info("run folder: %s", run_dir)
 
-    args = training_arguments(config, run_dir, precision.bf16, precision.fp16, evaluate=validation_data is not None)
+    interrupt, divergence = InterruptSaver(), DivergenceGuard()
+    disk = DiskSpaceGuard(model, run_dir, saves_full_model=method.full_finetune)
     trainer = Trainer(
         model=model,
         args=args,
@@ -184,15 +193,15 @@ def train(config: RunConfig) -> TrainResult:
         eval_dataset=validation_data,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, pad_to_multiple_of=8),
         processing_class=tokenizer,
-        callbacks=[RunStatsCallback()],
+        callbacks=[RunStatsCallback(), interrupt, divergence, disk],
     )
     start = time.perf_counter()
-    output = trainer.train()
+    output = trainer.train(resume_from_checkpoint=str(target.checkpoint) if target.checkpoint else None)
     train_time = time.perf_counter() - start
-    trainer.save_state()  # trainer_state.json in the run folder
-    torch.save(trainer.args, run_dir / "training_args.bin")
-
     state = trainer.state
+    _raise_if_stopped(config, state.global_step, divergence, disk, interrupt, run_dir, record_path, processes)
+
+    trainer.save_state()  # trainer_state.json in the run folder
     checkpoint = Path(state.best_model_checkpoint or run_dir / f"checkpoint-{state.global_step}")
     metrics = {
         "event": "train_end",
@@ -205,6 +214,51 @@ def train(config: RunConfig) -> TrainResult:
         **peak_memory(),
         **parameters,
     }
-    append_record(record_path, metrics)
+    if processes.is_main_process:
+        torch.save(trainer.args, run_dir / "training_args.bin")
+        append_record(record_path, metrics)
     logger.info("training done in %.1f s; checkpoint to evaluate: %s", train_time, checkpoint)
     return TrainResult(run_dir=run_dir, checkpoint=checkpoint, metrics=metrics)
+
+
+def _raise_if_stopped(
+    config: RunConfig,
+    step: int,
+    divergence: DivergenceGuard,
+    disk: DiskSpaceGuard,
+    interrupt: InterruptSaver,
+    run_dir: Path,
+    record_path: Path,
+    processes: PartialState,
+) -> None:
+    """Turn a guard's stop into a recorded event and one clear message."""
+    if divergence.diverged_at is not None:
+        at_step, loss = divergence.diverged_at
+        event, message = (
+            "diverged",
+            (f"training loss became {loss} at step {at_step}; try --load_bit 32 or a lower --lr (now {config.lr})"),
+        )
+    elif disk.shortfall is not None:
+        at_step, free = disk.shortfall
+        event, message = (
+            "disk_full",
+            (
+                f"not enough free disk for the checkpoint at step {at_step} in {run_dir}: "
+                f"{free / 2**30:.2f} GB free, about {disk.needed_bytes / 2**30:.2f} GB needed"
+            ),
+        )
+    elif interrupt.received is not None:
+        checkpoint = run_dir / f"checkpoint-{step}"
+        if processes.is_main_process:
+            append_record(
+                record_path, {"event": "interrupted", "signal": interrupt.received, "checkpoint": str(checkpoint)}
+            )
+        raise TrainingInterrupted(
+            f"{interrupt.received} received: saved {checkpoint} at step {step}; "
+            "resume with the same command plus --resume"
+        )
+    else:
+        return
+    if processes.is_main_process:
+        append_record(record_path, {"event": event, "step": at_step, "message": message})
+    raise UserError(message)

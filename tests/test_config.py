@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from peftbench.config import EvalConfig, RunConfig, load_run_config
+from peftbench.config import EvalConfig, RunConfig
 from peftbench.errors import UserError
+from peftbench.runs import load_run_config
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,13 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from peftbench.config import resolve_checkpoint
 from peftbench.data.prompts import build_prompt
 from peftbench.data.sources import load_test_examples
 from peftbench.errors import UserError
 from peftbench.evaluate.generate import generate_responses
 from peftbench.evaluate.runner import sample_indices
 from peftbench.models import load_tokenizer
+from peftbench.runs import resolve_checkpoint
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])

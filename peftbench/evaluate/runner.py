@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from peftbench.checkpoint import load_trained
-from peftbench.config import EvalConfig, environment_record, resolve_checkpoint, write_atomic
+from peftbench.config import EvalConfig
 from peftbench.data.prompts import build_prompt
 from peftbench.data.registry import DatasetSpec, get_dataset, resolve_names
 from peftbench.data.sources import Example, answer_options, files_sha256, load_test_examples
@@ -30,6 +30,7 @@ from peftbench.evaluate.extract import extract_answer
 from peftbench.evaluate.generate import generate_responses
 from peftbench.evaluate.loglik import score_options
 from peftbench.models import choose_precision, load_base_model, load_tokenizer, resolve_model_path
+from peftbench.runs import environment_record, resolve_checkpoint, write_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,181 @@
+"""Run folders on disk: records, checkpoints, and where an interrupted run resumes.
+
+A run folder holds ``output.jsonl`` (line 1: the RunConfig and context; then events such as
+``train_end`` or ``interrupted``) and ``checkpoint-N`` folders, complete once their
+``trainer_state.json`` exists (the Trainer writes it last).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
+
+from peftbench.config import RunConfig
+from peftbench.errors import UserError
+
+RUN_RECORD = "output.jsonl"
+RESUME_FIELDS = ("resume", "resume_from_checkpoint")  # may differ between a run and its resumption
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, default=str) + "\n")
+
+
+def find_run_record(ckpt: Path) -> Path:
+    """output.jsonl lives in the run folder, beside the checkpoint-N folders (or in ckpt itself)."""
+    for folder in (ckpt, ckpt.parent):
+        if (folder / RUN_RECORD).is_file():
+            return folder / RUN_RECORD
+    raise UserError(f"no {RUN_RECORD} in {ckpt} or its parent: --ckpt must be a checkpoint of a peftbench run")
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint folder; a run folder gives its best checkpoint, a results folder its newest run's."""
+    if not path.exists():
+        raise UserError(f"--ckpt {path} does not exist")
+    if (path / "adapter_config.json").is_file() or (path / "config.json").is_file():
+        return path
+    record = path / RUN_RECORD
+    if record.is_file():
+        lines = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines() if line.strip()]
+        ends = [line for line in lines if line.get("event") == "train_end"]
+        if not ends:
+            raise UserError(f"{path} is a run that did not finish training: pass one of its checkpoint-N folders")
+        # By name inside this run folder, so results stay usable after the folder is moved.
+        return path / Path(ends[-1]["best_checkpoint"]).name
+    runs = sorted((p for p in path.iterdir() if (p / RUN_RECORD).is_file()), key=lambda p: p.stat().st_mtime)
+    if runs:
+        return resolve_checkpoint(runs[-1])
+    raise UserError(f"--ckpt {path} is neither a checkpoint, a run folder with {RUN_RECORD}, nor a folder of runs")
+
+
+def load_run_config(ckpt: Path) -> RunConfig:
+    """The RunConfig a checkpoint was trained with (first line of its run's output.jsonl)."""
+    record_path = find_run_record(ckpt)
+    try:
+        first = json.loads(record_path.read_text(encoding="utf-8").splitlines()[0])
+        saved = first["config"]
+    except (IndexError, KeyError, json.JSONDecodeError) as exc:
+        raise UserError(f"{record_path} is not a peftbench run record ({exc.__class__.__name__})") from exc
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    return RunConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+def timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file and rename, so a reader never sees half a result."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def environment_record() -> dict[str, Any]:
+    """Library versions and git revision, so every result says what produced it."""
+    import peft
+    import torch
+    import transformers
+
+    import peftbench
+
+    return {
+        "peftbench": peftbench.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "git_revision": _git_revision(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def make_run_dir(config: RunConfig) -> Path:
+    """A new folder; a second run started in the same second gets a suffix instead of sharing it."""
+    base = Path(config.output_folder).resolve() / config.run_folder_name(timestamp())
+    candidate, suffix = base, 1
+    while True:
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            candidate, suffix = Path(f"{base}-{suffix}"), suffix + 1
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """checkpoint-N folders whose save finished, oldest first."""
+    found = [p for p in run_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in RESUME_FIELDS}
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    run_dir: Path
+    checkpoint: Path | None  # None: start at step 0 (a new run, or one that never completed a checkpoint)
+    resumed: bool = True
+
+
+def find_resume_point(config: RunConfig) -> ResumePoint | None:
+    """The run to continue: --resume_from_checkpoint PATH names it; 'auto' (--resume) takes the newest
+    unfinished run of this exact configuration in the output folder. None: nothing to resume."""
+    wanted = _comparable(dataclasses.asdict(config))
+    if config.resume_from_checkpoint not in (None, "auto"):
+        checkpoint = Path(config.resume_from_checkpoint).resolve()
+        if not (checkpoint / "trainer_state.json").is_file():
+            raise UserError(
+                f"--resume_from_checkpoint {checkpoint} is not a complete checkpoint (no trainer_state.json)"
+            )
+        saved = _comparable(dataclasses.asdict(load_run_config(checkpoint)))
+        changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+        if changed:
+            raise UserError(f"cannot resume {checkpoint}: its run had different {', '.join(changed)}")
+        return ResumePoint(checkpoint.parent, checkpoint)
+    if config.resume_from_checkpoint is None:
+        return None
+    parent = Path(config.output_folder).resolve()
+    candidates = []
+    for record in sorted(parent.glob(f"{config.run_folder_name('*')}/{RUN_RECORD}")):
+        lines = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines() if line.strip()]
+        finished = any(line.get("event") == "train_end" for line in lines)
+        if lines and not finished and _comparable(lines[0].get("config", {})) == wanted:
+            candidates.append(record.parent)
+    if not candidates:
+        return None
+    run_dir = candidates[-1]  # timestamps sort by name
+    checkpoints = complete_checkpoints(run_dir)
+    return ResumePoint(run_dir, checkpoints[-1] if checkpoints else None)
+
+
+def choose_run_folder(config: RunConfig, state: PartialState) -> ResumePoint:
+    """Where this run writes: the run to resume, or a new folder. Process 0 decides and creates it
+    and every process (torchrun / accelerate launch) receives its answer."""
+    chosen = [None]
+    if state.is_main_process:
+        chosen[0] = find_resume_point(config) or ResumePoint(make_run_dir(config), None, resumed=False)
+    if state.num_processes > 1:
+        broadcast_object_list(chosen)
+    return chosen[0]
