@@ -279,7 +279,7 @@ def bench_eval(
     path = resolve_model_path(model_name)
     model, tokenizer = load_base_model(path, torch.float32).eval().to(_device()), load_tokenizer(path)
     spec = get_dataset(dataset)
-    pool, _ = load_test_examples(dataset, data_dir)
+    pool = load_test_examples(dataset, data_dir).examples
     chosen = [pool[i] for i in sample_indices(len(pool), examples, seed=36)]
     prompts = [build_prompt(e) for e in chosen]
     responses = [[spec.response_template.format(answer=o) for o in answer_options(e, spec)] for e in chosen]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -105,6 +106,24 @@ def _analyze(args: argparse.Namespace) -> None:
     print(f"written to {args.out}: accuracy.csv, accuracy.md, stats.json, accuracy.png, loss_curves.png, report.md")
 
 
+def _data_prepare(args: argparse.Namespace) -> None:
+    from peftbench.data.registry import resolve_names
+    from peftbench.data.tools import prepare
+
+    prepare(Path(args.out), resolve_names(args.datasets), args.data_dir)
+    print(f"written: {args.out} (use it as --data_dir)")
+
+
+def _data_stats(args: argparse.Namespace) -> None:
+    from peftbench.analyze import to_markdown
+    from peftbench.data.registry import resolve_names
+    from peftbench.data.tools import stats_rows
+    from peftbench.models import load_tokenizer, resolve_model_path
+
+    tokenizer = load_tokenizer(resolve_model_path(args.tokenizer))
+    print(to_markdown(stats_rows(resolve_names(args.datasets), args.data_dir, tokenizer, args.max_length)))
+
+
 def _export(args: argparse.Namespace) -> None:
     from peftbench.checkpoint import export_merged
 
@@ -115,16 +134,19 @@ def _data_list(args: argparse.Namespace) -> None:
     from peftbench.data.registry import ALL_DATASETS
     from peftbench.data.sources import load_test_examples
 
-    for spec in ALL_DATASETS:
+    for spec in (s for s in ALL_DATASETS if not s.union_of):
         try:
-            examples, path = load_test_examples(spec.name, args.data_dir)
-            found = f"{len(examples)} test examples in {path}"
+            loaded = load_test_examples(spec.name, args.data_dir)
+            found = f"{len(loaded.examples)} test examples from {', '.join(loaded.origins)}"
         except UserError as exc:
             found = str(exc)
         print(f"{spec.name:14s} aliases={','.join(spec.aliases) or '-':28s} {found}")
 
 
 def _demo(args: argparse.Namespace) -> None:
+    # The offline demo reads local files only: without these, datasets/hub calls retry for minutes offline.
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from peftbench.demo import run_demo
 
     run_demo(Path(args.out), args.data_dir, train_samples=args.train_samples, eval_samples=args.eval_samples)
@@ -187,6 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     data_list = data.add_parser("list", help="the registered datasets and where their test data is found")
     data_list.add_argument("--data_dir", default=default_data_dir())
     data_list.set_defaults(action=_data_list)
+    data_prepare = data.add_parser(
+        "prepare", help="write the test/train sets and commonsense_170k.json, LLM-Adapters layout"
+    )
+    data_prepare.add_argument("--out", required=True)
+    data_prepare.add_argument("--datasets", default="all", help="names, comma-separated, or all")
+    data_prepare.add_argument("--data_dir", default=default_data_dir())
+    data_prepare.set_defaults(action=_data_prepare)
+    data_stats = data.add_parser("stats", help="counts, label balance, token lengths, truncation")
+    data_stats.add_argument("--datasets", default="all")
+    data_stats.add_argument("--tokenizer", default="smollm2-135m", help="model name whose tokenizer counts tokens")
+    data_stats.add_argument("--max_length", type=int, default=256)
+    data_stats.add_argument("--data_dir", default=default_data_dir())
+    data_stats.set_defaults(action=_data_stats)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
     bench_train = bench.add_parser("train", help="step time and peak memory of every method, side by side")

@@ -20,6 +20,7 @@ METHODS = ("hira", "lora", "fft", "ia3")
 ADAPTER_METHODS = ("hira", "lora")  # the methods that take a rank
 EVAL_STRATEGIES = ("no", "steps", "epoch")
 EVAL_MODES = ("generate", "loglik")
+BAD_RECORD_MODES = ("skip", "error")
 DEFAULT_MODEL = "EleutherAI/gpt-neo-1.3B"
 # The official HiRA code keeps its LLM-Adapters files here; PEFTBENCH_DATA_DIR overrides it.
 DEFAULT_DATA_DIR = "data_file/llm_adapt"
@@ -87,6 +88,12 @@ class RunConfig:
     )
     max_train_samples: int | None = field(
         default=None, metadata=_help("Train on a seeded sample of this many examples.")
+    )
+    on_bad_record: str = field(
+        default="skip",
+        metadata=_help(
+            "Training records that would be mislabelled: skip (with a summary) or error.", choices=BAD_RECORD_MODES
+        ),
     )
     logging_steps: int = field(default=10, metadata=_help("Log the training loss every N optimizer steps."))
     resume: bool = field(
@@ -165,6 +172,10 @@ class EvalConfig:
     seed: int = field(default=36, metadata=_help("Seed of the evaluation sample."))
     output_dir: str | None = field(default=None, metadata=_help("Where results go; default the checkpoint folder."))
     overwrite: bool = field(default=False, metadata=_help("Redo datasets whose complete results already exist."))
+    on_bad_record: str = field(
+        default="error",
+        metadata=_help("Test records that would be mislabelled: error or skip.", choices=BAD_RECORD_MODES),
+    )
     data_dir: str = field(default_factory=default_data_dir, metadata=_help("As for training."))
 
     def __post_init__(self) -> None:

@@ -20,10 +20,8 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
-from datasets import Dataset
 from transformers import (
     DataCollatorForSeq2Seq,
-    PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -31,8 +29,7 @@ from transformers import (
 )
 
 from peftbench.config import RunConfig
-from peftbench.data.prompts import tokenize_batch
-from peftbench.data.sources import files_sha256, load_train_examples
+from peftbench.data.pipeline import build_datasets
 from peftbench.errors import TrainingInterrupted, UserError
 from peftbench.guards import DiskSpaceGuard, DivergenceGuard, InterruptSaver
 from peftbench.methods import get_method
@@ -47,35 +44,6 @@ class TrainResult:
     run_dir: Path
     checkpoint: Path  # the best checkpoint by validation loss, else the last
     metrics: dict[str, Any]
-
-
-def build_datasets(
-    config: RunConfig, tokenizer: PreTrainedTokenizerBase
-) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
-    """Seeded validation hold-out (as the official HiRA code), optional seeded subsample, tokenization."""
-    examples, paths = load_train_examples(config.dataset, config.data_dir)
-    data = Dataset.from_list(examples)
-    validation = None
-    if config.val_set_size > 0:
-        if config.val_set_size >= len(data):
-            raise UserError(f"--val_set_size {config.val_set_size} leaves no training data ({len(data)} examples)")
-        split = data.train_test_split(test_size=config.val_set_size, shuffle=True, seed=config.seed)
-        data, validation = split["train"], split["test"]
-    if config.max_train_samples is not None and config.max_train_samples < len(data):
-        data = data.shuffle(seed=config.seed).select(range(config.max_train_samples))
-    info = {
-        "files": [str(p) for p in paths],
-        "sha256": files_sha256(paths),
-        "train_examples": len(data),
-        "validation_examples": len(validation) if validation is not None else 0,
-        "train_on_inputs": config.train_on_inputs,
-    }
-    tokenize_args = {"tokenizer": tokenizer, "max_length": config.max_length, "train_on_inputs": config.train_on_inputs}
-
-    def tokenized(dataset: Dataset) -> Dataset:
-        return dataset.map(tokenize_batch, batched=True, fn_kwargs=tokenize_args, remove_columns=dataset.column_names)
-
-    return tokenized(data), (tokenized(validation) if validation is not None else None), info
 
 
 class RunStatsCallback(TrainerCallback):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from tiny import DATA_DIR, LLM_ADAPTERS, make_model_dir
+
+# No network here: the hub must answer "offline" at once instead of retrying (subprocesses inherit this).
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -66,13 +66,13 @@ def test_local_test_sets_load_with_their_counts(data_dir) -> None:
     counts = {"boolq": 3270, "piqa": 1838, "siqa": 1954, "winogrande": 1267, "arc_easy": 2376,
               "arc_challenge": 1172, "obqa": 500, "hellaswag": 165, "csqa": 1221}  # fmt: skip
     for name, count in counts.items():
-        examples, _ = load_test_examples(name, data_dir)
-        assert len(examples) == count, name
+        assert len(load_test_examples(name, data_dir).examples) == count, name
 
 
 def test_commonsense_qa_official_schema_is_converted(data_dir) -> None:
-    examples, path = load_test_examples("csqa", data_dir)
-    assert path.name == "dev_rand_split.jsonl"
+    loaded = load_test_examples("csqa", data_dir)
+    examples = loaded.examples
+    assert loaded.files[0].name == "dev_rand_split.jsonl"
     first = examples[0]  # "A revolving door ... security measure at a what?", answerKey A = bank
     assert first["answer"] == "answer1" and first["output"] == "the correct answer is answer1"
     assert first["instruction"].startswith("Please choose the correct answer to the question: A revolving door")
@@ -86,14 +86,16 @@ def test_commonsense_qa_official_schema_is_converted(data_dir) -> None:
 
 def test_common_170k_is_rebuilt_from_task_train_files_with_a_warning(caplog) -> None:
     with caplog.at_level(logging.WARNING):
-        examples, paths = load_train_examples("common_170k", str(LLM_ADAPTERS))
-    assert len(examples) == 9427 + 2251 + 1119 + 4957
-    assert [p.parent.name for p in paths] == ["boolq", "ARC-Easy", "ARC-Challenge", "openbookqa"]
+        loaded = load_train_examples("common_170k", str(LLM_ADAPTERS))
+    assert len(loaded.examples) == 9427 + 2251 + 1119 + 4957
+    assert [p.parent.name for p in loaded.files] == ["boolq", "ARC-Easy", "ARC-Challenge", "openbookqa"]
     assert "missing tasks: piqa, siqa, hellaswag, winogrande" in caplog.text
 
 
 def test_missing_data_names_what_was_looked_for(tmp_path) -> None:
-    with pytest.raises(UserError, match=r"no test data for piqa: looked for piqa/\{test.json\}"):
+    with pytest.raises(
+        UserError, match=r"no test data for piqa: looked for piqa/\{test.json, valid.jsonl\}.*hub:ybisk"
+    ):
         load_test_examples("piqa", str(tmp_path))
     with pytest.raises(UserError, match="no training data for common_170k"):
         load_train_examples("common_170k", str(tmp_path))
@@ -106,7 +108,7 @@ def test_missing_data_names_what_was_looked_for(tmp_path) -> None:
             {"instruction": "q", "output": "the correct answer is maybe", "answer": "maybe"},
             "answer 'maybe', not one of",
         ),
-        ({"instruction": "", "output": "o", "answer": "true"}, "example 1 lacks instruction"),
+        ({"instruction": "", "output": "o", "answer": "true"}, "test.json: example 1: lacks instruction"),
     ],
 )
 def test_bad_records_are_refused_with_file_and_index(tmp_path, record: dict, message: str) -> None:
@@ -114,6 +116,8 @@ def test_bad_records_are_refused_with_file_and_index(tmp_path, record: dict, mes
     (tmp_path / "boolq" / "test.json").write_text(json.dumps([EXAMPLE, record]))
     with pytest.raises(UserError, match=message):
         load_test_examples("boolq", str(tmp_path))
+    loaded = load_test_examples("boolq", str(tmp_path), on_bad="skip")
+    assert loaded.examples == [EXAMPLE] and loaded.skipped == 1
 
 
 def test_malformed_json_is_reported_with_its_line(tmp_path) -> None:
@@ -121,3 +125,69 @@ def test_malformed_json_is_reported_with_its_line(tmp_path) -> None:
     (tmp_path / "boolq" / "test.json").write_text('[{"instruction": "q",\n oops]')
     with pytest.raises(UserError, match=r"boolq/test.json: not valid JSON \(line 2"):
         load_test_examples("boolq", str(tmp_path))
+
+
+# A few records of each benchmark's original release schema, written here.
+RELEASE_FILES = {
+    "boolq/dev.jsonl": [{"question": "is the sky blue", "passage": "p", "title": "t", "answer": True}],
+    "piqa/valid.jsonl": [{"goal": "Open a jar", "sol1": "twist", "sol2": "eat"}],
+    "piqa/valid-labels.lst": "0\n",
+    "social_i_qa/dev.jsonl": [{"context": "Kai ran.", "question": "Why?", "answerA": "a", "answerB": "b",
+                               "answerC": "c"}],
+    "social_i_qa/dev-labels.lst": "3\n",
+    "hellaswag/hellaswag_val.jsonl": [{"activity_label": "Cooking", "ctx": "A man", "endings": ["a", "b", "c", "d"],
+                                       "label": 2}],
+    "winogrande/dev.jsonl": [{"sentence": "_ won.", "option1": "Ann", "option2": "Bo", "answer": "2"}],
+    "ARC-Easy/ARC-Easy-Test.jsonl": [{"question": {"stem": "Why?", "choices": [{"text": "x", "label": "A"},
+                                      {"text": "y", "label": "B"}, {"text": "z", "label": "C"}]}, "answerKey": "C"}],
+    "openbookqa/test.jsonl": [{"question": {"stem": "What?", "choices": [{"text": "x", "label": "A"},
+                               {"text": "y", "label": "B"}]}, "answerKey": "A"}],
+}  # fmt: skip
+EXPECTED_ANSWERS = {"boolq": "true", "piqa": "solution1", "siqa": "answer3", "hellaswag": "ending3",
+                    "winogrande": "option2", "arc_easy": "answer3", "obqa": "answer1"}  # fmt: skip
+
+
+def write_release_files(root) -> None:
+    for name, content in RELEASE_FILES.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = content if isinstance(content, str) else "".join(json.dumps(r) + "\n" for r in content)
+        path.write_text(text)
+
+
+def test_original_release_files_are_read_through_the_converters(tmp_path) -> None:
+    write_release_files(tmp_path)
+    for name, answer in EXPECTED_ANSWERS.items():
+        loaded = load_test_examples(name, str(tmp_path))
+        assert [e["answer"] for e in loaded.examples] == [answer], name
+    (siqa,) = load_test_examples("siqa", str(tmp_path)).examples
+    assert siqa["instruction"].startswith("Please choose the correct answer to the question: Kai ran. Why?")
+
+
+def test_bad_lines_of_release_files_are_skipped_or_refused_with_their_line(tmp_path) -> None:
+    path = tmp_path / "winogrande" / "dev.jsonl"
+    path.parent.mkdir()
+    good = {"sentence": "_ won.", "option1": "Ann", "option2": "Bo", "answer": "1"}
+    lines = [good, "{broken", {**good, "answer": "3"}, {"sentence": "_"}]
+    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines))
+    with pytest.raises(UserError, match=r"winogrande/dev.jsonl: line 2: not valid JSON .*\(and 2 more\)"):
+        load_test_examples("winogrande", str(tmp_path))
+    loaded = load_test_examples("winogrande", str(tmp_path), on_bad="skip")
+    assert len(loaded.examples) == 1 and loaded.skipped == 3
+
+
+def test_hub_source_reads_through_datasets(tmp_path, monkeypatch) -> None:
+    """The hub path, with `datasets` pointed at a local folder in the hub's schema (no network)."""
+    import dataclasses
+
+    from peftbench.data import registry, sources
+
+    folder = tmp_path / "hub_boolq"
+    folder.mkdir()
+    rows = [{"question": "is it", "answer": i % 2 == 0, "passage": "p"} for i in range(5)]
+    (folder / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = dataclasses.replace(registry.get_dataset("boolq"), hub=registry.HubSource(str(folder)))
+    monkeypatch.setattr(sources, "get_dataset", lambda name: spec)
+    loaded = load_test_examples("boolq", str(tmp_path / "no_local_files"))
+    assert [e["answer"] for e in loaded.examples] == ["true", "false", "true", "false", "true"]
+    assert loaded.origins == [f"hub:{folder}[validation]"] and len(loaded.sha256) == 16

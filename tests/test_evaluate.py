@@ -18,7 +18,7 @@ def test_batched_generation_equals_one_prompt_at_a_time(architecture: str, beam_
     model_dir = request.getfixturevalue(architecture)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = load_tokenizer(str(model_dir))
-    examples, _ = load_test_examples("piqa", data_dir)
+    examples = load_test_examples("piqa", data_dir).examples
     prompts = [build_prompt(e) for e in examples[:5]] + ["Short prompt?"]  # very different lengths -> padding
     one_by_one = generate_responses(model, tokenizer, prompts, 1, beam_size, 6)
     batched = generate_responses(model, tokenizer, prompts, 4, beam_size, 6)
@@ -32,7 +32,7 @@ def test_encoding_each_prompt_once_gives_plain_beam_search_output(architecture: 
     model_dir = request.getfixturevalue(architecture)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = load_tokenizer(str(model_dir))
-    examples, _ = load_test_examples("arc_easy", data_dir)
+    examples = load_test_examples("arc_easy", data_dir).examples
     prompts = [build_prompt(e) for e in examples[:6]]
     shared = generate_responses(model, tokenizer, prompts, 3, 4, 8, shared_prefill=True)
     plain = generate_responses(model, tokenizer, prompts, 3, 4, 8, shared_prefill=False)

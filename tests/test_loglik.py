@@ -41,7 +41,7 @@ def test_scores_equal_a_hand_computed_sum_of_token_logprobs(model_and_tokenizer)
 def test_fast_path_equals_naive_path(model_and_tokenizer, data_dir: str, dataset: str) -> None:
     model, tokenizer = model_and_tokenizer
     spec = get_dataset(dataset)
-    examples, _ = load_test_examples(dataset, data_dir)
+    examples = load_test_examples(dataset, data_dir).examples
     for example in examples[:3]:
         responses = [spec.response_template.format(answer=o) for o in answer_options(example, spec)]
         fast = score_options(model, tokenizer, build_prompt(example), responses)
@@ -58,10 +58,10 @@ def test_length_normalised_choice_can_differ() -> None:
 
 def test_options_come_from_the_questions_answer_format(data_dir: str) -> None:
     spec = get_dataset("arc_easy")
-    examples, _ = load_test_examples("arc_easy", data_dir)
+    examples = load_test_examples("arc_easy", data_dir).examples
     counts = {len(answer_options(example, spec)) for example in examples}
     assert 4 in counts and 5 in counts  # one ARC-Easy question has five options
-    assert answer_options(load_test_examples("boolq", data_dir)[0][0], get_dataset("boolq")) == ["true", "false"]
+    assert answer_options(load_test_examples("boolq", data_dir).examples[0], get_dataset("boolq")) == ["true", "false"]
     assert answer_options({"instruction": "no format line", "answer": "true"}, get_dataset("boolq")) == [
         "true",
         "false",

@@ -12,6 +12,16 @@ from peftbench.errors import UserError
 
 
 @dataclass(frozen=True)
+class HubSource:
+    """Where a benchmark lives on the Hugging Face hub, in the schema its converter reads."""
+
+    path: str
+    name: str | None = None
+    test_split: str | None = "validation"  # LLM-Adapters' test sets are these splits
+    train_split: str | None = "train"
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     name: str
     folder: str  # folder name in the LLM-Adapters layout
@@ -19,9 +29,11 @@ class DatasetSpec:
     aliases: tuple[str, ...] = ()
     test_files: tuple[str, ...] = ("test.json",)
     train_files: tuple[str, ...] = ("train.json",)
-    # Files in the benchmark's official schema, and the converter (peftbench.data.sources) that reads them.
+    # Files of the benchmark's original release, read (like the hub's records) by converters[schema].
     official_test_files: tuple[str, ...] = ()
-    official_schema: str | None = None
+    official_train_files: tuple[str, ...] = ()
+    schema: str | None = None
+    hub: HubSource | None = None
     extra_folders: tuple[str, ...] = ()  # other places, relative to a data root, where its files may lie
     union_of: tuple[str, ...] = ()  # a training mix: rebuilt from these datasets' train files if its own is absent
     response_template: str = "the correct answer is {answer}"  # the trained response; loglik scores it per option
@@ -37,32 +49,50 @@ def _numbered(prefix: str, count: int) -> tuple[str, ...]:
 
 
 BENCHMARKS: tuple[DatasetSpec, ...] = (
-    DatasetSpec("boolq", "boolq", ("true", "false")),
-    DatasetSpec("piqa", "piqa", _numbered("solution", 2)),
-    DatasetSpec("siqa", "social_i_qa", _numbered("answer", 3), aliases=("social_i_qa",)),
     DatasetSpec(
-        "hellaswag",
-        "hellaswag",
-        _numbered("ending", 4),
-        aliases=("hellas",),
-        test_files=("test.json", "test_sample.json"),
+        "boolq", "boolq", ("true", "false"), schema="boolq", hub=HubSource("google/boolq"),
+        official_test_files=("dev.jsonl",), official_train_files=("train.jsonl",),
     ),
-    DatasetSpec("winogrande", "winogrande", _numbered("option", 2), aliases=("winog",)),
+    DatasetSpec(
+        "piqa", "piqa", _numbered("solution", 2), schema="piqa", hub=HubSource("ybisk/piqa"),
+        official_test_files=("valid.jsonl",), official_train_files=("train.jsonl",),
+    ),
+    DatasetSpec(
+        "siqa", "social_i_qa", _numbered("answer", 3), aliases=("social_i_qa",), schema="social_i_qa",
+        hub=HubSource("allenai/social_i_qa"), official_test_files=("dev.jsonl",), official_train_files=("train.jsonl",),
+    ),
+    DatasetSpec(
+        "hellaswag", "hellaswag", _numbered("ending", 4), aliases=("hellas",), schema="hellaswag",
+        test_files=("test.json", "test_sample.json"), hub=HubSource("Rowan/hellaswag"),
+        official_test_files=("hellaswag_val.jsonl",), official_train_files=("hellaswag_train.jsonl",),
+    ),
+    DatasetSpec(
+        "winogrande", "winogrande", _numbered("option", 2), aliases=("winog",), schema="winogrande",
+        hub=HubSource("allenai/winogrande", "winogrande_xl"),
+        official_test_files=("dev.jsonl",), official_train_files=("train_xl.jsonl",),
+    ),
     # LLM-Adapters' extractor accepts answer5 for the ARC and OBQA family (one ARC-Easy test question has five options).
-    DatasetSpec("arc_easy", "ARC-Easy", _numbered("answer", 5), aliases=("arce", "ARC-Easy")),
-    DatasetSpec("arc_challenge", "ARC-Challenge", _numbered("answer", 5), aliases=("arcc", "ARC-Challenge")),
-    DatasetSpec("obqa", "openbookqa", _numbered("answer", 5), aliases=("openbookqa",)),
     DatasetSpec(
-        "csqa",
-        "commonsense_qa",
-        _numbered("answer", 5),
-        aliases=("commonsense_qa",),
-        test_files=("test.json",),
-        official_test_files=("dev_rand_split.jsonl",),
-        official_schema="commonsense_qa",
-        version="peftbench-csqa-1",
+        "arc_easy", "ARC-Easy", _numbered("answer", 5), aliases=("arce", "ARC-Easy"), schema="arc",
+        hub=HubSource("allenai/ai2_arc", "ARC-Easy", test_split="test"),
+        official_test_files=("ARC-Easy-Test.jsonl",), official_train_files=("ARC-Easy-Train.jsonl",),
     ),
-)
+    DatasetSpec(
+        "arc_challenge", "ARC-Challenge", _numbered("answer", 5), aliases=("arcc", "ARC-Challenge"), schema="arc",
+        hub=HubSource("allenai/ai2_arc", "ARC-Challenge", test_split="test"),
+        official_test_files=("ARC-Challenge-Test.jsonl",), official_train_files=("ARC-Challenge-Train.jsonl",),
+    ),
+    DatasetSpec(
+        "obqa", "openbookqa", _numbered("answer", 5), aliases=("openbookqa",), schema="openbookqa",
+        hub=HubSource("allenai/openbookqa", "main", test_split="test"),
+        official_test_files=("test.jsonl",), official_train_files=("train.jsonl",),
+    ),
+    DatasetSpec(
+        "csqa", "commonsense_qa", _numbered("answer", 5), aliases=("commonsense_qa",), schema="commonsense_qa",
+        hub=HubSource("tau/commonsense_qa"), official_test_files=("dev_rand_split.jsonl",),
+        official_train_files=("train_rand_split.jsonl",), version="peftbench-csqa-1",
+    ),
+)  # fmt: skip
 
 # The union of the eight LLM-Adapters tasks' training sets (CommonsenseQA is not part of it).
 COMMON_170K_PARTS: tuple[str, ...] = tuple(spec.name for spec in BENCHMARKS if spec.name != "csqa")

@@ -1,6 +1,14 @@
-"""Where examples come from: local files in the LLM-Adapters layout or in a benchmark's official schema.
+"""Where examples come from, in this order:
+
+1. local files in the LLM-Adapters layout: ``<data_dir>/<folder>/{train,test}.json``;
+2. local files of the benchmark's original release (``dev_rand_split.jsonl``, ``hellaswag_val.jsonl``, ...),
+   with PIQA/SIQA's separate ``*-labels.lst`` merged in;
+3. the Hugging Face hub through ``datasets`` (cached; ``HF_DATASETS_OFFLINE=1`` keeps it offline).
 
 Every example is a dict in the LLM-Adapters format: ``{"instruction", "input", "output", "answer"}``.
+A record that would be mislabelled (missing field, empty instruction, answer outside the dataset's
+keywords, malformed line) is never used silently: ``on_bad_record="error"`` refuses the file naming
+the record, ``"skip"`` drops it and logs a summary with locations.
 """
 
 from __future__ import annotations
@@ -9,16 +17,37 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peftbench.data.converters import CONVERTERS, Example
 from peftbench.data.registry import DatasetSpec, get_dataset
 from peftbench.errors import UserError
 
 logger = logging.getLogger(__name__)
-Example = dict[str, str]
 REQUIRED_FIELDS = ("instruction", "output", "answer")
+BAD_RECORD_MODES = ("skip", "error")
+
+
+@dataclass
+class Loaded:
+    """Examples and where they came from (files or a hub dataset), for records and messages."""
+
+    examples: list[Example]
+    origins: list[str]
+    files: list[Path] = field(default_factory=list)  # local files, for the content hash
+    skipped: int = 0
+
+    @property
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for path in self.files:
+            digest.update(path.read_bytes())
+        if not self.files:  # hub data: hash the converted examples
+            digest.update(json.dumps(self.examples, sort_keys=True).encode())
+        return digest.hexdigest()[:16]
 
 
 def data_roots(data_dir: str) -> list[Path]:
@@ -34,119 +63,153 @@ def _find(roots: Sequence[Path], spec: DatasetSpec, files: Sequence[str]) -> Pat
     return None
 
 
-def _read_json_array(path: Path) -> list[dict[str, Any]]:
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(records, list):
-        raise UserError(f"{path}: expected a JSON array of examples, found {type(records).__name__}")
-    return records
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+def _raw_records(path: Path) -> Iterable[tuple[str, Any]]:
+    """(location, record) pairs; a malformed JSONL line is yielded as its error for the bad-record policy."""
+    if path.suffix != ".jsonl":
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        if not isinstance(records, list):
+            raise UserError(f"{path}: expected a JSON array of examples, found {type(records).__name__}")
+        yield from ((f"example {i}", record) for i, record in enumerate(records))
+        return
+    labels_file = path.with_name(f"{path.stem}-labels.lst")
+    labels = labels_file.read_text(encoding="utf-8").split() if labels_file.is_file() else None
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines()]
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-    return records
-
-
-def _convert_commonsense_qa(record: dict[str, Any]) -> Example:
-    """CommonsenseQA's official schema in the style LLM-Adapters uses for ARC and OpenBookQA."""
-    labels, texts = record["choices"]["label"], record["choices"]["text"]
-    options = " ".join(f"Answer{i}: {text}" for i, text in enumerate(texts, start=1))
-    answer_format = "/".join(f"answer{i}" for i in range(1, len(texts) + 1))
-    answer = f"answer{labels.index(record['answerKey']) + 1}"
-    instruction = (
-        f"Please choose the correct answer to the question: {record['question']}\n\n"
-        f"{options}\n\nAnswer format: {answer_format}"
-    )
-    return {"instruction": instruction, "input": "", "output": f"the correct answer is {answer}", "answer": answer}
-
-
-CONVERTERS: dict[str, Callable[[dict[str, Any]], Example]] = {"commonsense_qa": _convert_commonsense_qa}
-
-
-def _checked(records: list[dict[str, Any]], spec: DatasetSpec, path: Path) -> list[Example]:
-    """Refuse records that would be silently mislabelled: missing fields or an answer outside the keywords."""
-    for index, record in enumerate(records):
-        missing = [name for name in REQUIRED_FIELDS if not isinstance(record.get(name), str) or not record[name]]
-        if missing:
-            raise UserError(f"{path}: example {index} lacks {', '.join(missing)}")
-        if record["answer"] not in spec.keywords:
-            raise UserError(f"{path}: example {index} has answer {record['answer']!r}, not one of {spec.keywords}")
-        record.setdefault("input", "")
-    return records
-
-
-def _load_file(path: Path, spec: DatasetSpec) -> list[Example]:
-    if path.suffix == ".jsonl":
-        if spec.official_schema is None:
-            raise UserError(f"{path}: no converter for {spec.name}'s official schema")
-        converter = CONVERTERS[spec.official_schema]
-        try:
-            records = [converter(record) for record in _read_jsonl(path)]
-        except (KeyError, ValueError, TypeError) as exc:
-            raise UserError(f"{path}: record not in {spec.official_schema}'s schema ({exc})") from None
-    else:
-        records = _read_json_array(path)
-    return _checked(records, spec, path)
-
-
-def load_test_examples(name: str, data_dir: str) -> tuple[list[Example], Path]:
-    """A benchmark's test set and the file it came from."""
-    spec = get_dataset(name)
-    if not spec.has_test:
-        raise UserError(f"{spec.name} is a training set and has no test split")
-    roots = data_roots(data_dir)
-    path = _find(roots, spec, spec.test_files) or _find(roots, spec, spec.official_test_files)
-    if path is None:
-        wanted = ", ".join((*spec.test_files, *spec.official_test_files))
-        raise UserError(f"no test data for {spec.name}: looked for {spec.folder}/{{{wanted}}} under {data_dir}")
-    return _load_file(path, spec), path
-
-
-def load_train_examples(name: str, data_dir: str) -> tuple[list[Example], list[Path]]:
-    """A training set and the files it came from.
-
-    Commonsense-170K is the union of the eight LLM-Adapters tasks' training sets; when its file is
-    absent it is rebuilt from the per-task train files that are present, with a warning naming the rest.
-    """
-    spec = get_dataset(name)
-    roots = data_roots(data_dir)
-    path = _find(roots, spec, spec.train_files)
-    if path is not None:
-        return _load_file(path, spec), [path]
-    wanted = "/".join(spec.train_files)
-    if not spec.union_of:
-        raise UserError(f"no training data for {spec.name}: looked for {spec.folder}/{wanted} under {data_dir}")
-    examples: list[Example] = []
-    paths: list[Path] = []
-    missing: list[str] = []
-    for part in map(get_dataset, spec.union_of):
-        part_path = _find(roots, part, part.train_files)
-        if part_path is None:
-            missing.append(part.name)
+            yield f"line {number}", ValueError(f"not valid JSON ({exc.msg})")
             continue
-        examples.extend(_load_file(part_path, part))
-        paths.append(part_path)
-    if not paths:
-        raise UserError(f"no training data for {spec.name}: no {wanted} and no <task>/train.json under {data_dir}")
+        if labels is not None:
+            record["label"] = labels[number - 1] if number <= len(labels) else None
+        yield f"line {number}", record
+
+
+def _check(record: Any, spec: DatasetSpec, convert: bool) -> Example:
+    """The record as a valid example of spec, or ValueError saying what is wrong."""
+    if isinstance(record, Exception):
+        raise record
+    if convert:
+        try:
+            record = CONVERTERS[spec.schema](record)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not in {spec.schema}'s schema (missing or wrong {exc})") from None
+    missing = [name for name in REQUIRED_FIELDS if not isinstance(record.get(name), str) or not record[name].strip()]
+    if missing:
+        raise ValueError(f"lacks {', '.join(missing)}")
+    if record["answer"] not in spec.keywords:
+        raise ValueError(f"has answer {record['answer']!r}, not one of {spec.keywords}")
+    return {**record, "input": record.get("input") or ""}
+
+
+def _examples(records: Iterable[tuple[str, Any]], spec: DatasetSpec, origin: str, convert: bool, on_bad: str) -> Loaded:
+    examples: list[Example] = []
+    bad: list[str] = []
+    for location, record in records:
+        try:
+            examples.append(_check(record, spec, convert))
+        except ValueError as exc:
+            bad.append(f"{location}: {exc}")
+    if bad and on_bad == "error":
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise UserError(f"{origin}: {bad[0]}{more}; --on_bad_record skip drops bad records")
+    if bad:
+        shown = "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")
+        logger.warning("%s: skipped %d bad record(s) of %d: %s", origin, len(bad), len(bad) + len(examples), shown)
+    return Loaded(examples, [origin], skipped=len(bad))
+
+
+def _load_file(path: Path, spec: DatasetSpec, on_bad: str) -> Loaded:
+    loaded = _examples(_raw_records(path), spec, str(path), convert=path.suffix == ".jsonl", on_bad=on_bad)
+    loaded.files.append(path)
+    return loaded
+
+
+def _load_hub(spec: DatasetSpec, split: str, on_bad: str) -> Loaded:
+    from datasets import load_dataset
+
+    hub = spec.hub
+    origin = f"hub:{hub.path}" + (f"/{hub.name}" if hub.name else "") + f"[{split}]"
+    try:
+        rows = load_dataset(hub.path, hub.name, split=split)
+    except Exception as exc:  # datasets raises many types for missing / unreachable data  # noqa: BLE001
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"{origin} could not be loaded ({reason})") from None
+    return _examples(((f"row {i}", dict(row)) for i, row in enumerate(rows)), spec, origin, True, on_bad)
+
+
+def _load(spec: DatasetSpec, data_dir: str, kind: str, on_bad: str) -> Loaded:
+    if on_bad not in BAD_RECORD_MODES:
+        raise UserError(f"--on_bad_record must be one of {', '.join(BAD_RECORD_MODES)}, got {on_bad!r}")
+    roots = data_roots(data_dir)
+    local, official = (spec.test_files, spec.official_test_files) if kind == "test" else (
+        spec.train_files, spec.official_train_files)  # fmt: skip
+    path = _find(roots, spec, local) or _find(roots, spec, official)
+    if path is not None:
+        return _load_file(path, spec, on_bad)
+    looked = f"looked for {spec.folder}/{{{', '.join((*local, *official))}}} under {data_dir}"
+    split = getattr(spec.hub, f"{kind}_split", None) if spec.hub else None
+    if split is None:
+        raise UserError(f"no {kind} data for {spec.name}: {looked}")
+    try:
+        return _load_hub(spec, split, on_bad)
+    except UserError as exc:
+        raise UserError(f"no {kind} data for {spec.name}: {looked}; {exc}") from None
+
+
+def load_test_examples(name: str, data_dir: str, on_bad: str = "error") -> Loaded:
+    """A benchmark's test set (refusing bad records unless told to skip them)."""
+    spec = get_dataset(name)
+    if spec.union_of:
+        raise UserError(f"{spec.name} is a training set and has no test split")
+    return _load(spec, data_dir, "test", on_bad)
+
+
+def load_train_examples(name: str, data_dir: str, on_bad: str = "skip") -> Loaded:
+    """A training set. A mix (Commonsense-170K) whose own file is absent is rebuilt from its parts'
+    training sets (the local ones if any part is local, else from the hub), with a warning naming the
+    parts that are missing."""
+    spec = get_dataset(name)
+    if not spec.union_of:
+        return _load(spec, data_dir, "train", on_bad)
+    path = _find(data_roots(data_dir), spec, spec.train_files)
+    if path is not None:
+        return _load_file(path, spec, on_bad)
+    # Local parts first; only when none is local is the hub asked (offline, it would retry for each part).
+    roots = data_roots(data_dir)
+    local = [name for name in spec.union_of if _find_local_train(roots, get_dataset(name))]
+    parts: list[Loaded] = []
+    missing: list[str] = []
+    for part in local or spec.union_of:
+        try:
+            parts.append(load_train_examples(part, data_dir, on_bad))
+        except UserError as exc:
+            missing.append(part)
+            logger.info("%s: %s", spec.name, exc)
+    missing += [p for p in spec.union_of if local and p not in local]
+    if not parts:
+        raise UserError(f"no training data for {spec.name}: no {'/'.join(spec.train_files)} and none of its parts")
+    merged = Loaded(
+        [e for p in parts for e in p.examples],
+        [o for p in parts for o in p.origins],
+        [f for p in parts for f in p.files],
+        sum(p.skipped for p in parts),
+    )
     if missing:
         logger.warning(
             "%s not found: built %s from the %d examples of %s; missing tasks: %s",
-            wanted,
-            spec.name,
-            len(examples),
-            ", ".join(p.parent.name for p in paths),
-            ", ".join(missing),
-        )
-    return examples, paths
+            "/".join(spec.train_files), spec.name, len(merged.examples), ", ".join(merged.origins), ", ".join(missing),
+        )  # fmt: skip
+    return merged
+
+
+def _find_local_train(roots: Sequence[Path], spec: DatasetSpec) -> Path | None:
+    return _find(roots, spec, (*spec.train_files, *spec.official_train_files))
 
 
 _ANSWER_FORMAT = re.compile(r"Answer format: (\S+)\s*$")
@@ -160,11 +223,3 @@ def answer_options(example: Example, spec: DatasetSpec) -> list[str]:
         if all(option in spec.keywords for option in options) and example["answer"] in options:
             return options
     return list(spec.keywords)
-
-
-def files_sha256(paths: Sequence[Path]) -> str:
-    """Content hash of the data files, recorded with every run and result."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]

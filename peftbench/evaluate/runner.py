@@ -24,7 +24,7 @@ from peftbench.checkpoint import load_trained
 from peftbench.config import EvalConfig
 from peftbench.data.prompts import build_prompt
 from peftbench.data.registry import DatasetSpec, get_dataset, resolve_names
-from peftbench.data.sources import Example, answer_options, files_sha256, load_test_examples
+from peftbench.data.sources import Example, answer_options, load_test_examples
 from peftbench.errors import UserError
 from peftbench.evaluate.extract import extract_answer
 from peftbench.evaluate.generate import generate_responses
@@ -148,10 +148,11 @@ def finished_result(result_path: Path, data_sha256: str, config: EvalConfig) -> 
 
 def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[str, Any]:
     spec = get_dataset(name)
-    examples, path = load_test_examples(name, config.data_dir)
+    loaded_data = load_test_examples(name, config.data_dir, config.on_bad_record)
+    examples = loaded_data.examples
     predict, suffix = SCORERS[config.eval_mode]
     result_path = loaded.output_dir / f"output_{spec.name}{suffix}_eval.jsonl"
-    data_sha256 = files_sha256([path])
+    data_sha256 = loaded_data.sha256
     if (done := finished_result(result_path, data_sha256, config)) is not None:
         return done
     indices = sample_indices(len(examples), config.max_eval_samples, config.seed)
@@ -175,7 +176,8 @@ def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[s
     record = {
         "dataset": spec.name,
         "dataset_version": spec.version,
-        "data_file": str(path),
+        "data_source": ", ".join(loaded_data.origins),
+        "skipped_bad_records": loaded_data.skipped,
         "data_sha256": data_sha256,
         **loaded.description,
         "mode": config.eval_mode,
