@@ -153,3 +153,25 @@ def test_two_processes_reach_the_weights_of_one_process_with_the_doubled_batch(t
     theirs = load_file(single_run / "checkpoint-6" / "adapter_model.safetensors")
     for name in ours:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5)
+
+
+def test_evaluation_sharded_over_two_processes_equals_one_process(tiny_llama, data_dir, tmp_path):
+    def evaluate(processes: int, folder: Path, mode: str) -> list[dict]:
+        args = ["eval", f"--model_name={tiny_llama}", f"--output_dir={folder}", "--dataset=siqa", f"--eval_mode={mode}",
+                "--max_eval_samples=7", "--beam_size=2", "--max_new_tokens=3", f"--data_dir={data_dir}"]  # fmt: skip
+        launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", f"--master_port={_free_port()}"]
+        command = [sys.executable, *(launcher if processes > 1 else []), "-m", "peftbench.cli", *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        suffix = "" if mode == "generate" else "_loglik"
+        record = json.loads((folder / f"output_siqa{suffix}_eval.jsonl").read_text())
+        assert record["processes"] == processes and record["total"] == 7
+        return json.loads((folder / f"predictions_siqa{suffix}.json").read_text())
+
+    for mode in ("generate", "loglik"):
+        one, two = evaluate(1, tmp_path / f"one-{mode}", mode), evaluate(2, tmp_path / f"two-{mode}", mode)
+        assert [p["index"] for p in two] == sorted(p["index"] for p in two)
+        assert [(p["index"], p["predicted"]) for p in two] == [(p["index"], p["predicted"]) for p in one]
+        if mode == "loglik":
+            flat = [score for p in two for score in p["logprobs"]]
+            assert flat == pytest.approx([score for p in one for score in p["logprobs"]], abs=1e-4)

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -41,6 +43,7 @@ class EvalModel:
     tokenizer: PreTrainedTokenizerBase
     output_dir: Path
     description: dict[str, Any]  # what was evaluated, recorded with every result
+    processes: PartialState  # under torchrun / accelerate launch, each process scores a shard
 
 
 def load_eval_model(config: EvalConfig) -> EvalModel:
@@ -56,11 +59,10 @@ def load_eval_model(config: EvalConfig) -> EvalModel:
         tokenizer = load_tokenizer(base_path)
         output_dir = Path(config.output_dir)
         description = {"ckpt": None, "model_name": config.model_name, "peft_type": "zero-shot"}
-    model.eval()
-    if torch.cuda.is_available():
-        model.to("cuda")
+    processes = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: several CPU processes talk over gloo
+    model.eval().to(processes.device)
     output_dir.mkdir(parents=True, exist_ok=True)
-    return EvalModel(model, tokenizer, output_dir, {**description, "precision": precision.name})
+    return EvalModel(model, tokenizer, output_dir, {**description, "precision": precision.name}, processes)
 
 
 def sample_indices(total: int, limit: int | None, seed: int) -> list[int]:
@@ -155,13 +157,15 @@ def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[s
     data_sha256 = loaded_data.sha256
     if (done := finished_result(result_path, data_sha256, config)) is not None:
         return done
-    indices = sample_indices(len(examples), config.max_eval_samples, config.seed)
+    processes = loaded.processes
+    # This process's shard of the fixed sample; the shards are merged by example index below.
+    indices = sample_indices(len(examples), config.max_eval_samples, config.seed)[
+        processes.process_index :: processes.num_processes
+    ]
     chosen = [examples[i] for i in indices]
 
     start = time.perf_counter()
     rows = predict(loaded, spec, chosen, config)
-    wall_time = time.perf_counter() - start
-
     predictions = [
         {
             "index": index,
@@ -172,6 +176,9 @@ def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[s
         }  # fmt: skip
         for index, example, row in zip(indices, chosen, rows, strict=True)
     ]
+    if processes.num_processes > 1:
+        predictions = sorted(gather_object(predictions), key=lambda p: p["index"])
+    wall_time = time.perf_counter() - start
     correct = sum(p["correct"] for p in predictions)
     record = {
         "dataset": spec.name,
@@ -190,13 +197,16 @@ def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[s
         "eval_config": asdict(config),
         "wall_time_s": round(wall_time, 2),
         "examples_per_s": round(len(predictions) / wall_time, 3),
+        "processes": processes.num_processes,
         "environment": environment_record(),
     }
     if all("predicted_norm" in p for p in predictions):
         record["accuracy_norm"] = sum(p["predicted_norm"] == p["answer"] for p in predictions) / len(predictions)
     out = loaded.output_dir
-    write_atomic(out / record["predictions_file"], json.dumps(predictions, indent=1))
-    write_atomic(result_path, json.dumps(record) + "\n")  # last: its presence means the dataset is done
+    if processes.is_main_process:
+        write_atomic(out / record["predictions_file"], json.dumps(predictions, indent=1))
+        write_atomic(result_path, json.dumps(record) + "\n")  # last: its presence means the dataset is done
+    processes.wait_for_everyone()
     logger.info(
         "%s (%s): accuracy %.4f (%d/%d) -> %s", spec.name, config.eval_mode, record["accuracy"], correct,
         len(predictions), out,
