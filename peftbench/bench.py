@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoConfig, PretrainedConfig, PreTrainedModel
 
-from peftbench.config import RunConfig
+from peftbench.config import BenchSettings, RunConfig
 from peftbench.errors import UserError
 from peftbench.methods import METHODS, hira
 from peftbench.methods.common import wrap
@@ -70,34 +70,22 @@ VARIANTS: dict[str, Callable[[PreTrainedModel, RunConfig], nn.Module]] = {
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-@dataclasses.dataclass
-class BenchSettings:
-    models: list[str]
-    methods: list[str]
-    batch: int = 2
-    seq: int = 256
-    rank: int = 64
-    targets: str = "q_proj,v_proj"
-    dtype: str = "fp32"
-    repeats: int = 5
-    warmup: int = 1
-    memory: bool = True
+def validate(settings: BenchSettings) -> None:
+    for name in settings.model_list:
+        if name not in BENCH_MODELS:
+            raise UserError(f"unknown bench model {name!r}; choose from {', '.join(BENCH_MODELS)}")
+    for name in settings.method_list:
+        if name not in VARIANTS:
+            raise UserError(f"unknown bench method {name!r}; choose from {', '.join(VARIANTS)}")
+    if settings.dtype not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}")
+    if settings.dtype == "bf16" and not torch.cuda.is_available():
+        raise UserError("--dtype bf16 needs a GPU (CPU matmuls in bf16 are not representative)")
 
-    def __post_init__(self) -> None:
-        for name in self.models:
-            if name not in BENCH_MODELS:
-                raise UserError(f"unknown bench model {name!r}; choose from {', '.join(BENCH_MODELS)}")
-        for name in self.methods:
-            if name not in VARIANTS:
-                raise UserError(f"unknown bench method {name!r}; choose from {', '.join(VARIANTS)}")
-        if self.dtype not in DTYPES:
-            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}")
-        if self.dtype == "bf16" and not torch.cuda.is_available():
-            raise UserError("--dtype bf16 needs a GPU (CPU matmuls in bf16 are not representative)")
 
-    def run_config(self, method: str) -> RunConfig:
-        peft_type = "hira" if "hira" in method else method
-        return RunConfig(peft_type=peft_type, r_ab=self.rank, target_modules=self.targets)
+def run_config(settings: BenchSettings, method: str) -> RunConfig:
+    peft_type = "hira" if "hira" in method else method
+    return RunConfig(peft_type=peft_type, r_ab=settings.rank, target_modules=settings.targets)
 
 
 def _device() -> torch.device:
@@ -124,7 +112,7 @@ def build_variant(
     model.tie_weights()
     model.config.use_cache = False
     torch.manual_seed(1)
-    return VARIANTS[method](model, settings.run_config(method)).train()
+    return VARIANTS[method](model, run_config(settings, method)).train()
 
 
 def make_step(model: nn.Module, settings: BenchSettings, vocab_size: int) -> Callable[[], float]:
@@ -148,9 +136,10 @@ def make_step(model: nn.Module, settings: BenchSettings, vocab_size: int) -> Cal
 def time_methods(model_name: str, settings: BenchSettings) -> dict[str, list[float]]:
     config, weights = base_weights(model_name, DTYPES[settings.dtype])
     steps = {
-        m: make_step(build_variant(m, config, weights, settings), settings, config.vocab_size) for m in settings.methods
+        m: make_step(build_variant(m, config, weights, settings), settings, config.vocab_size)
+        for m in settings.method_list
     }
-    times: dict[str, list[float]] = {m: [] for m in settings.methods}
+    times: dict[str, list[float]] = {m: [] for m in settings.method_list}
     for repetition in range(settings.warmup + settings.repeats):
         measured = {method: step() for method, step in steps.items()}
         kind = "warm-up" if repetition < settings.warmup else "repetition"
@@ -195,7 +184,7 @@ def probe_memory(model_name: str, method: str, settings: BenchSettings) -> float
 
 
 def _memory_in_subprocess(model_name: str, method: str, settings: BenchSettings) -> float:
-    payload = json.dumps({**dataclasses.asdict(settings), "models": [model_name], "methods": [method]})
+    payload = json.dumps({**dataclasses.asdict(settings), "models": model_name, "methods": method})
     result = subprocess.run(
         [sys.executable, "-m", "peftbench.bench", "--probe-memory", payload], capture_output=True, text=True
     )
@@ -240,17 +229,20 @@ def format_table(model_name: str, results: dict[str, dict[str, Any]]) -> str:
 
 
 def bench_train(settings: BenchSettings, out: Path | None) -> dict[str, Any]:
+    validate(settings)
     report: dict[str, Any] = {
         "settings": dataclasses.asdict(settings),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}",
         "environment": environment_record(),
         "models": {},
     }
-    for model_name in settings.models:
-        print(f"timing {', '.join(settings.methods)} on {model_name} ...", flush=True)
+    for model_name in settings.model_list:
+        print(f"timing {', '.join(settings.method_list)} on {model_name} ...", flush=True)
         times = time_methods(model_name, settings)
         memory = (
-            {m: _memory_in_subprocess(model_name, m, settings) for m in settings.methods} if settings.memory else {}
+            {}
+            if settings.no_memory
+            else {m: _memory_in_subprocess(model_name, m, settings) for m in settings.method_list}
         )
         results = summarize(times, memory)
         report["models"][model_name] = {"methods": results, "ratios": ratios(results)}
@@ -324,4 +316,4 @@ def bench_eval(
 if __name__ == "__main__" and sys.argv[1:2] == ["--probe-memory"]:
     fields = json.loads(sys.argv[2])
     probe_settings = BenchSettings(**fields)
-    print(probe_memory(probe_settings.models[0], probe_settings.methods[0], probe_settings))
+    print(probe_memory(probe_settings.models, probe_settings.methods, probe_settings))

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from peftbench.config import EvalConfig, RunConfig
+from peftbench.config import BenchSettings, EvalConfig, RunConfig
 from peftbench.errors import TrainingInterrupted, UserError
 
 _SCALARS = (bool, int, float, str)
@@ -155,19 +155,7 @@ def _demo(args: argparse.Namespace) -> None:
 def _bench_train(args: argparse.Namespace) -> None:
     from peftbench.bench import BenchSettings, bench_train
 
-    settings = BenchSettings(
-        models=args.models.split(","),
-        methods=args.methods.split(","),
-        batch=args.batch,
-        seq=args.seq,
-        rank=args.rank,
-        targets=args.targets,
-        dtype=args.dtype,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        memory=not args.no_memory,
-    )
-    bench_train(settings, Path(args.out) if args.out else None)
+    bench_train(build_config(BenchSettings, args), Path(args.out) if args.out else None)
 
 
 def _bench_eval(args: argparse.Namespace) -> None:
@@ -225,16 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
     bench_train = bench.add_parser("train", help="step time and peak memory of every method, side by side")
-    bench_train.add_argument("--models", default="neo-6l,smollm2-135m", help="neo-6l, neo-1.3b, smollm2-135m")
-    bench_train.add_argument("--methods", default="lora,hira,hira-keep,peft-hira,ia3,fft")
-    bench_train.add_argument("--batch", type=int, default=2)
-    bench_train.add_argument("--seq", type=int, default=256)
-    bench_train.add_argument("--rank", type=int, default=64)
-    bench_train.add_argument("--targets", default="q_proj,v_proj")
-    bench_train.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
-    bench_train.add_argument("--repeats", type=int, default=5)
-    bench_train.add_argument("--warmup", type=int, default=1)
-    bench_train.add_argument("--no_memory", action="store_true", help="skip the per-method memory processes")
+    add_config_flags(bench_train, BenchSettings)
     bench_train.add_argument("--out", default="bench_train.json", help="JSON report ('' for none)")
     bench_train.set_defaults(action=_bench_train)
 

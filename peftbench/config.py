@@ -198,3 +198,30 @@ def _require_positive(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and value <= 0:
             raise UserError(f"--{name} must be positive, got {value}")
+
+
+@dataclass
+class BenchSettings:
+    """`peftbench bench train` settings (each field is a flag)."""
+
+    models: str = field(
+        default="neo-6l,smollm2-135m",
+        metadata=_help("of neo-6l (GPT-Neo-1.3B geometry, 6 layers), neo-1.3b, smollm2-135m"),
+    )
+    methods: str = field(default="lora,hira,hira-keep,peft-hira,ia3,fft", metadata=_help("methods to compare"))
+    batch: int = field(default=2, metadata=_help("sequences per step"))
+    seq: int = field(default=256, metadata=_help("tokens per sequence"))
+    rank: int = field(default=64, metadata=_help("r of HiRA and LoRA"))
+    targets: str = field(default="q_proj,v_proj", metadata=_help("adapted modules"))
+    dtype: str = field(default="fp32", metadata=_help("fp32, or bf16 on a GPU"))
+    repeats: int = field(default=5, metadata=_help("measured steps per method"))
+    warmup: int = field(default=1, metadata=_help("unmeasured steps per method first"))
+    no_memory: bool = field(default=False, metadata=_help("skip the per-method memory processes"))
+
+    @property
+    def model_list(self) -> list[str]:
+        return self.models.split(",")
+
+    @property
+    def method_list(self) -> list[str]:
+        return self.methods.split(",")

@@ -27,14 +27,8 @@ def accuracy_bars(cells: CellStats, methods: list[str], columns: list[str], path
         axes.bar(positions + (offset - (len(methods) - 1) / 2) * width, heights, width, yerr=errors, capsize=2,
                  label=method)  # fmt: skip
     axes.set_xticks(positions, columns, rotation=30, ha="right")
-    axes.set_ylabel("accuracy (%)")
     axes.set_ylim(0, 100)
-    axes.set_title("Accuracy with 95% bootstrap CI")
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _finish(figure, axes, path, "Accuracy with 95% bootstrap CI", "accuracy (%)")
 
 
 def loss_curves(trainer_states: dict[str, Path], path: Path) -> Path | None:
@@ -51,8 +45,12 @@ def loss_curves(trainer_states: dict[str, Path], path: Path) -> Path | None:
             color = line.get_color() if line is not None else None
             axes.plot(*zip(*evaluation, strict=True), "o--", color=color, label=f"{method} validation")
     axes.set_xlabel("optimizer step")
-    axes.set_ylabel("loss")
-    axes.set_title("Training and validation loss")
+    return _finish(figure, axes, path, "Training and validation loss", "loss")
+
+
+def _finish(figure: plt.Figure, axes: plt.Axes, path: Path, title: str, ylabel: str) -> Path:
+    axes.set_title(title)
+    axes.set_ylabel(ylabel)
     axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
