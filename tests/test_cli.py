@@ -83,7 +83,7 @@ def test_evaluation_writes_results_and_predictions(trained_run: Path, data_dir: 
     assert record["total"] == len(predictions) == 6 and record["dataset_size"] == 3270
     assert record["correct"] == sum(p["correct"] for p in predictions)
     assert record["accuracy"] == pytest.approx(record["correct"] / 6)
-    assert record["peft_type"] == "lora" and record["beam_size"] == 2 if "beam_size" in record else True
+    assert record["peft_type"] == "lora" and record["mode"] == "generate" and record["ckpt"] == str(checkpoint)
     assert record["eval_config"]["beam_size"] == 2 and record["dataset_version"] and len(record["data_sha256"]) == 16
     for prediction in predictions:
         assert prediction["prompt"].endswith("### Response:\n")

@@ -161,7 +161,7 @@ def test_hira_gradients_pass_float64_gradcheck(fan_in_fan_out: bool, keep: bool)
 
 
 @pytest.mark.parametrize("keep", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_hira_forward_and_gradients_match_a_float64_reference(dtype: torch.dtype, keep: bool) -> None:
     """Base weights in `dtype`, adapters in fp32 (as PEFT keeps them under mixed precision)."""
     generator = torch.Generator().manual_seed(4)
