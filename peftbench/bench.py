@@ -4,6 +4,7 @@
     peftbench bench train --models neo-6l --repeats 7 --out bench_train.json
     peftbench bench train --models neo-1.3b --dtype bf16   # on a GPU: the full 24-layer model in bf16
     peftbench bench eval                                   # beam-4 generation vs log-likelihood scoring
+    peftbench bench tokenize                               # a 170k replicate of the local mix: first and cached
 
 Step time is forward + backward + optimizer step, alternating methods repetition by repetition in
 one process (the frozen base weights are shared), after warm-up, reported as medians. Peak memory is
@@ -311,6 +312,39 @@ def bench_eval(
         out.write_text(json.dumps(report, indent=1))
         print(f"written: {out}")
     return report
+
+
+def bench_tokenize(examples: int, tokenizer_name: str, data_dir: str) -> dict[str, float]:
+    """Seconds to build the training set (load, split, tokenize, cache) from a replicate of the local
+    Commonsense mix of `examples` examples, then again from the cache, in a temporary cache folder."""
+    import os
+    import tempfile
+
+    from peftbench.data.pipeline import build_datasets
+    from peftbench.data.sources import load_train_examples
+    from peftbench.models import load_tokenizer
+
+    tokenizer = load_tokenizer(resolve_model_path(tokenizer_name))
+    local = load_train_examples("common_170k", data_dir).examples
+    seconds = {}
+    previous_cache = os.environ.get("PEFTBENCH_CACHE")
+    with tempfile.TemporaryDirectory() as folder:
+        replicate = (local * (examples // len(local) + 1))[:examples]
+        Path(folder, "commonsense_170k.json").write_text(json.dumps(replicate))
+        os.environ["PEFTBENCH_CACHE"] = str(Path(folder, "cache"))  # a cold cache, removed afterwards
+        try:
+            config = RunConfig(dataset="common_170k", data_dir=folder)
+            for attempt in ("first build", "from cache"):
+                start = time.perf_counter()
+                train, _, _ = build_datasets(config, tokenizer)
+                seconds[attempt] = time.perf_counter() - start
+                print(f"  {attempt}: {len(train)} training examples ready in {seconds[attempt]:.1f} s", flush=True)
+        finally:
+            if previous_cache is None:
+                os.environ.pop("PEFTBENCH_CACHE")
+            else:
+                os.environ["PEFTBENCH_CACHE"] = previous_cache
+    return seconds
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--probe-memory"]:

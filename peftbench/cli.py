@@ -167,6 +167,12 @@ def _bench_eval(args: argparse.Namespace) -> None:
     )
 
 
+def _bench_tokenize(args: argparse.Namespace) -> None:
+    from peftbench.bench import bench_tokenize
+
+    bench_tokenize(args.examples, args.tokenizer, args.data_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from peftbench.config import default_data_dir
 
@@ -227,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_eval.add_argument("--data_dir", default=default_data_dir())
     bench_eval.add_argument("--out", default="bench_eval.json", help="JSON report ('' for none)")
     bench_eval.set_defaults(action=_bench_eval)
+
+    bench_tokenize = bench.add_parser("tokenize", help="build a 170k-example training set, then again from cache")
+    bench_tokenize.add_argument("--examples", type=int, default=170_000)
+    bench_tokenize.add_argument("--tokenizer", default="smollm2-135m")
+    bench_tokenize.add_argument("--data_dir", default=default_data_dir())
+    bench_tokenize.set_defaults(action=_bench_tokenize)
 
     demo = commands.add_parser("demo", help="offline demo: HiRA on the embedded model, evaluate, table")
     demo.add_argument("--out", default="demo_results")
