@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import get_peft_model
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoConfig, PretrainedConfig, PreTrainedModel
 
 from peftbench.config import BenchSettings, RunConfig
 from peftbench.errors import UserError
 from peftbench.methods import METHODS, hira
-from peftbench.methods.common import wrap
 from peftbench.models import resolve_model_path
 from peftbench.runs import environment_record
 
@@ -64,7 +64,7 @@ VARIANTS: dict[str, Callable[[PreTrainedModel, RunConfig], nn.Module]] = {
     "hira-keep": lambda model, config: METHODS["hira"].apply(
         model, dataclasses.replace(config, hira_keep_product=True)
     ),
-    "peft-hira": lambda model, config: wrap(model, hira.peft_config(model, config)),
+    "peft-hira": lambda model, config: get_peft_model(model, hira.peft_config(model, config)),
     "ia3": METHODS["ia3"].apply,
     "fft": METHODS["fft"].apply,
 }

@@ -4,12 +4,17 @@ import logging
 import pytest
 from tiny import LLM_ADAPTERS, make_tokenizer
 
-from peftbench.data.prompts import IGNORE_INDEX, build_prompt, tokenize_example
+from peftbench.data.prompts import IGNORE_INDEX, build_prompt, tokenize_batch
 from peftbench.data.registry import benchmark_names, get_dataset
 from peftbench.data.sources import load_test_examples, load_train_examples
 from peftbench.errors import UserError
 
 EXAMPLE = {"instruction": "Is the sky blue?", "input": "", "output": "the correct answer is true", "answer": "true"}
+
+
+def tokenize_example(example: dict, tokenizer, max_length: int, train_on_inputs: bool) -> dict:
+    columns = tokenize_batch({key: [value] for key, value in example.items()}, tokenizer, max_length, train_on_inputs)
+    return {key: values[0] for key, values in columns.items()}
 
 
 @pytest.fixture(scope="module")

@@ -52,11 +52,3 @@ def tokenize_batch(
         columns["attention_mask"].append([1] * len(ids))
         columns["labels"].append([IGNORE_INDEX] * prompt_length + ids[prompt_length:])
     return columns
-
-
-def tokenize_example(
-    example: dict[str, str], tokenizer: PreTrainedTokenizerBase, max_length: int, train_on_inputs: bool
-) -> dict[str, list[int]]:
-    """tokenize_batch for one example."""
-    columns = tokenize_batch({key: [value] for key, value in example.items()}, tokenizer, max_length, train_on_inputs)
-    return {key: values[0] for key, values in columns.items()}

@@ -39,10 +39,6 @@ class DatasetSpec:
     response_template: str = "the correct answer is {answer}"  # the trained response; loglik scores it per option
     version: str = "llm-adapters-1"  # recorded in every result, so a prompt change stays traceable
 
-    @property
-    def has_test(self) -> bool:
-        return bool(self.test_files or self.official_test_files)
-
 
 def _numbered(prefix: str, count: int) -> tuple[str, ...]:
     return tuple(f"{prefix}{i}" for i in range(1, count + 1))

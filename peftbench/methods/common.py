@@ -6,9 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from peft import PeftConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from peftbench.errors import UserError
@@ -37,10 +36,6 @@ def resolve_targets(model: nn.Module, targets: Sequence[str]) -> bool:
     if len(kinds) > 1:
         raise UserError("--target_modules mixes Conv1D and Linear layers; adapt one kind at a time")
     return kinds.pop()
-
-
-def wrap(model: PreTrainedModel, peft_config: PeftConfig) -> PeftModel:
-    return get_peft_model(model, peft_config)
 
 
 def load_adapter(ckpt: Path, base_model_path: str, dtype: torch.dtype) -> PeftModel:

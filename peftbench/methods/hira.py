@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft import HiraConfig, PeftModel
+from peft import HiraConfig, PeftModel, get_peft_model
 from peft.tuners.hira.layer import Linear as PeftHiraLinear
 from torch import nn
 from transformers import PreTrainedModel
 
 from peftbench.config import RunConfig
-from peftbench.methods.common import load_adapter, resolve_targets, wrap
+from peftbench.methods.common import load_adapter, resolve_targets
 
 
 def _oriented(weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
@@ -120,7 +120,7 @@ def peft_config(model: PreTrainedModel, config: RunConfig) -> HiraConfig:
 
 
 def apply(model: PreTrainedModel, config: RunConfig) -> PeftModel:
-    return use_fused_layers(wrap(model, peft_config(model, config)), config.hira_keep_product)
+    return use_fused_layers(get_peft_model(model, peft_config(model, config)), config.hira_keep_product)
 
 
 def load(ckpt: Path, base_model_path: str, dtype: torch.dtype) -> PeftModel:

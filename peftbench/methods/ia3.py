@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from peft import IA3Config, PeftModel
+from peft import IA3Config, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from peftbench.config import RunConfig
-from peftbench.methods.common import resolve_targets, wrap
+from peftbench.methods.common import resolve_targets
 
 # IA3 scales the *input* of feed-forward output projections and the output of everything else
 # (the paper's l_ff); these are the usual names of those projections.
@@ -21,4 +21,4 @@ def apply(model: PreTrainedModel, config: RunConfig) -> PeftModel:
         fan_in_fan_out=resolve_targets(model, targets),
         task_type="CAUSAL_LM",
     )
-    return wrap(model, ia3_config)
+    return get_peft_model(model, ia3_config)

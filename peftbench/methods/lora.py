@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from peft import LoraConfig, PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from peftbench.config import RunConfig
-from peftbench.methods.common import resolve_targets, wrap
+from peftbench.methods.common import resolve_targets
 
 
 def apply(model: PreTrainedModel, config: RunConfig) -> PeftModel:
@@ -20,4 +20,4 @@ def apply(model: PreTrainedModel, config: RunConfig) -> PeftModel:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return wrap(model, lora_config)
+    return get_peft_model(model, lora_config)
