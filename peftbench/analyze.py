@@ -19,6 +19,7 @@ from peftbench.config import METHODS
 from peftbench.data.registry import benchmark_names
 from peftbench.errors import UserError
 from peftbench.plots import accuracy_bars, loss_curves
+from peftbench.runs import read_records
 from peftbench.stats import PairedTest, average_ci, bootstrap_ci, mcnemar
 
 METHOD_ORDER = ("zero-shot", *METHODS)
@@ -32,8 +33,8 @@ def collect_results(folders: list[Path], mode: str = "generate") -> list[dict[st
         if not folder.exists():
             raise UserError(f"results folder {folder} does not exist")
         for path in sorted(folder.rglob("output_*_eval.jsonl")):
-            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            record = json.loads(lines[-1]) if lines else {}
+            lines = read_records(path)
+            record = lines[-1] if lines else {}
             if record.get("mode", "generate") == mode:
                 records.append({**record, "result_file": str(path)})
     return records

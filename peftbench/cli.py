@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from peftbench.config import BenchSettings, EvalConfig, RunConfig
+from peftbench.config import BenchSettings, EvalConfig, RunConfig, default_data_dir
 from peftbench.errors import TrainingInterrupted, UserError
 
 _SCALARS = (bool, int, float, str)
@@ -173,9 +173,13 @@ def _bench_tokenize(args: argparse.Namespace) -> None:
     bench_tokenize(args.examples, args.tokenizer, args.data_dir)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from peftbench.config import default_data_dir
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data_dir", default=default_data_dir(), help="comma-separated data folders (env PEFTBENCH_DATA_DIR)"
+    )
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="peftbench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -201,20 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     data_list = data.add_parser("list", help="the registered datasets and where their test data is found")
-    data_list.add_argument("--data_dir", default=default_data_dir())
+    _add_data_dir(data_list)
     data_list.set_defaults(action=_data_list)
     data_prepare = data.add_parser(
         "prepare", help="write the test/train sets and commonsense_170k.json, LLM-Adapters layout"
     )
     data_prepare.add_argument("--out", required=True)
     data_prepare.add_argument("--datasets", default="all", help="names, comma-separated, or all")
-    data_prepare.add_argument("--data_dir", default=default_data_dir())
+    _add_data_dir(data_prepare)
     data_prepare.set_defaults(action=_data_prepare)
     data_stats = data.add_parser("stats", help="counts, label balance, token lengths, truncation")
     data_stats.add_argument("--datasets", default="all")
     data_stats.add_argument("--tokenizer", default="smollm2-135m", help="model name whose tokenizer counts tokens")
     data_stats.add_argument("--max_length", type=int, default=256)
-    data_stats.add_argument("--data_dir", default=default_data_dir())
+    _add_data_dir(data_stats)
     data_stats.set_defaults(action=_data_stats)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
@@ -230,19 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench_eval.add_argument("--batch", type=int, default=8)
     bench_eval.add_argument("--beam_size", type=int, default=4)
     bench_eval.add_argument("--max_new_tokens", type=int, default=16)
-    bench_eval.add_argument("--data_dir", default=default_data_dir())
+    _add_data_dir(bench_eval)
     bench_eval.add_argument("--out", default="bench_eval.json", help="JSON report ('' for none)")
     bench_eval.set_defaults(action=_bench_eval)
 
     bench_tokenize = bench.add_parser("tokenize", help="build a 170k-example training set, then again from cache")
     bench_tokenize.add_argument("--examples", type=int, default=170_000)
     bench_tokenize.add_argument("--tokenizer", default="smollm2-135m")
-    bench_tokenize.add_argument("--data_dir", default=default_data_dir())
+    _add_data_dir(bench_tokenize)
     bench_tokenize.set_defaults(action=_bench_tokenize)
 
     demo = commands.add_parser("demo", help="offline demo: HiRA on the embedded model, evaluate, table")
     demo.add_argument("--out", default="demo_results")
-    demo.add_argument("--data_dir", default=default_data_dir())
+    _add_data_dir(demo)
     demo.add_argument("--train_samples", type=int, default=256)
     demo.add_argument("--eval_samples", type=int, default=12)
     demo.set_defaults(action=_demo)

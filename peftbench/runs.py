@@ -31,6 +31,11 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record, default=str) + "\n")
 
 
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every record of a JSONL file (a run's output.jsonl, an evaluation result), blank lines ignored."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def find_run_record(ckpt: Path) -> Path:
     """output.jsonl lives in the run folder, beside the checkpoint-N folders (or in ckpt itself)."""
     for folder in (ckpt, ckpt.parent):
@@ -47,8 +52,7 @@ def resolve_checkpoint(path: Path) -> Path:
         return path
     record = path / RUN_RECORD
     if record.is_file():
-        lines = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines() if line.strip()]
-        ends = [line for line in lines if line.get("event") == "train_end"]
+        ends = [line for line in read_records(record) if line.get("event") == "train_end"]
         if not ends:
             raise UserError(f"{path} is a run that did not finish training: pass one of its checkpoint-N folders")
         # By name inside this run folder, so results stay usable after the folder is moved.
@@ -63,8 +67,7 @@ def load_run_config(ckpt: Path) -> RunConfig:
     """The RunConfig a checkpoint was trained with (first line of its run's output.jsonl)."""
     record_path = find_run_record(ckpt)
     try:
-        first = json.loads(record_path.read_text(encoding="utf-8").splitlines()[0])
-        saved = first["config"]
+        saved = read_records(record_path)[0]["config"]
     except (IndexError, KeyError, json.JSONDecodeError) as exc:
         raise UserError(f"{record_path} is not a peftbench run record ({exc.__class__.__name__})") from exc
     known = {f.name for f in dataclasses.fields(RunConfig)}
@@ -159,7 +162,7 @@ def find_resume_point(config: RunConfig) -> ResumePoint | None:
     parent = Path(config.output_folder).resolve()
     candidates = []
     for record in sorted(parent.glob(f"{config.run_folder_name('*')}/{RUN_RECORD}")):
-        lines = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = read_records(record)
         finished = any(line.get("event") == "train_end" for line in lines)
         if lines and not finished and _comparable(lines[0].get("config", {})) == wanted:
             candidates.append(record.parent)

@@ -167,7 +167,7 @@ def train(config: RunConfig) -> TrainResult:
     output = trainer.train(resume_from_checkpoint=str(target.checkpoint) if target.checkpoint else None)
     train_time = time.perf_counter() - start
     state = trainer.state
-    _raise_if_stopped(config, state.global_step, divergence, disk, interrupt, run_dir, record_path, processes)
+    _raise_if_stopped(config, state.global_step, divergence, disk, interrupt, run_dir, processes)
 
     trainer.save_state()  # trainer_state.json in the run folder
     checkpoint = Path(state.best_model_checkpoint or run_dir / f"checkpoint-{state.global_step}")
@@ -196,10 +196,10 @@ def _raise_if_stopped(
     disk: DiskSpaceGuard,
     interrupt: InterruptSaver,
     run_dir: Path,
-    record_path: Path,
     processes: PartialState,
 ) -> None:
     """Turn a guard's stop into a recorded event and one clear message."""
+    record_path = run_dir / RUN_RECORD
     if divergence.diverged_at is not None:
         at_step, loss = divergence.diverged_at
         event, message = (

@@ -63,6 +63,19 @@ def _find(roots: Sequence[Path], spec: DatasetSpec, files: Sequence[str]) -> Pat
     return None
 
 
+def _file_names(spec: DatasetSpec, kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(LLM-Adapters files, original release files) of a split kind, 'test' or 'train'."""
+    if kind == "test":
+        return spec.test_files, spec.official_test_files
+    return spec.train_files, spec.official_train_files
+
+
+def _local_file(roots: Sequence[Path], spec: DatasetSpec, kind: str) -> Path | None:
+    """The local file of a split: the LLM-Adapters layout first, then the original release."""
+    local, official = _file_names(spec, kind)
+    return _find(roots, spec, local) or _find(roots, spec, official)
+
+
 def _raw_records(path: Path) -> Iterable[tuple[str, Any]]:
     """(location, record) pairs; a malformed JSONL line is yielded as its error for the bad-record policy."""
     if path.suffix != ".jsonl":
@@ -76,7 +89,7 @@ def _raw_records(path: Path) -> Iterable[tuple[str, Any]]:
         return
     labels_file = path.with_name(f"{path.stem}-labels.lst")
     labels = labels_file.read_text(encoding="utf-8").split() if labels_file.is_file() else None
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = path.read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -147,11 +160,10 @@ def _load(spec: DatasetSpec, data_dir: str, kind: str, on_bad: str) -> Loaded:
     if on_bad not in BAD_RECORD_MODES:
         raise UserError(f"--on_bad_record must be one of {', '.join(BAD_RECORD_MODES)}, got {on_bad!r}")
     roots = data_roots(data_dir)
-    local, official = (spec.test_files, spec.official_test_files) if kind == "test" else (
-        spec.train_files, spec.official_train_files)  # fmt: skip
-    path = _find(roots, spec, local) or _find(roots, spec, official)
+    path = _local_file(roots, spec, kind)
     if path is not None:
         return _load_file(path, spec, on_bad)
+    local, official = _file_names(spec, kind)
     looked = f"looked for {spec.folder}/{{{', '.join((*local, *official))}}} under {data_dir}"
     split = getattr(spec.hub, f"{kind}_split", None) if spec.hub else None
     if split is None:
@@ -177,12 +189,12 @@ def load_train_examples(name: str, data_dir: str, on_bad: str = "skip") -> Loade
     spec = get_dataset(name)
     if not spec.union_of:
         return _load(spec, data_dir, "train", on_bad)
-    path = _find(data_roots(data_dir), spec, spec.train_files)
+    roots = data_roots(data_dir)
+    path = _find(roots, spec, spec.train_files)
     if path is not None:
         return _load_file(path, spec, on_bad)
     # Local parts first; only when none is local is the hub asked (offline, it would retry for each part).
-    roots = data_roots(data_dir)
-    local = [name for name in spec.union_of if _find_local_train(roots, get_dataset(name))]
+    local = [name for name in spec.union_of if _local_file(roots, get_dataset(name), "train")]
     parts: list[Loaded] = []
     missing: list[str] = []
     for part in local or spec.union_of:
@@ -206,10 +218,6 @@ def load_train_examples(name: str, data_dir: str, on_bad: str = "skip") -> Loade
             "/".join(spec.train_files), spec.name, len(merged.examples), ", ".join(merged.origins), ", ".join(missing),
         )  # fmt: skip
     return merged
-
-
-def _find_local_train(roots: Sequence[Path], spec: DatasetSpec) -> Path | None:
-    return _find(roots, spec, (*spec.train_files, *spec.official_train_files))
 
 
 _ANSWER_FORMAT = re.compile(r"Answer format: (\S+)\s*$")

@@ -32,7 +32,7 @@ from peftbench.evaluate.extract import extract_answer
 from peftbench.evaluate.generate import generate_responses
 from peftbench.evaluate.loglik import score_options
 from peftbench.models import choose_precision, load_base_model, load_tokenizer, resolve_model_path
-from peftbench.runs import environment_record, resolve_checkpoint, write_atomic
+from peftbench.runs import environment_record, read_records, resolve_checkpoint, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -89,20 +89,25 @@ def evaluate(config: EvalConfig) -> list[dict[str, Any]]:
     return records
 
 
-def _generate(loaded: EvalModel, spec: DatasetSpec, examples: list[Example], config: EvalConfig) -> list[dict]:
-    prompts = [build_prompt(example) for example in examples]
+def _generate(
+    loaded: EvalModel, spec: DatasetSpec, examples: list[Example], prompts: list[str], config: EvalConfig
+) -> list[dict]:
     responses = generate_responses(
         loaded.model, loaded.tokenizer, prompts, config.batch, config.beam_size, config.max_new_tokens
     )
     return [{"generated": text, "predicted": extract_answer(text, spec.keywords)} for text in responses]
 
 
-def _loglik(loaded: EvalModel, spec: DatasetSpec, examples: list[Example], config: EvalConfig) -> list[dict]:
+def _loglik(
+    loaded: EvalModel, spec: DatasetSpec, examples: list[Example], prompts: list[str], config: EvalConfig
+) -> list[dict]:
     rows = []
-    for example in tqdm(examples, desc="loglik", unit="example"):
+    for example, prompt in tqdm(
+        zip(examples, prompts, strict=True), total=len(examples), desc="loglik", unit="example"
+    ):
         options = answer_options(example, spec)
         responses = [spec.response_template.format(answer=option) for option in options]
-        scores = score_options(loaded.model, loaded.tokenizer, build_prompt(example), responses)
+        scores = score_options(loaded.model, loaded.tokenizer, prompt, responses)
         rows.append(
             {
                 "options": options,
@@ -128,7 +133,7 @@ def finished_result(result_path: Path, data_sha256: str, config: EvalConfig) -> 
     if config.overwrite or not result_path.exists():
         return None
     try:
-        record = json.loads(result_path.read_text(encoding="utf-8").splitlines()[-1])
+        record = read_records(result_path)[-1]
         predictions = json.loads((result_path.parent / record["predictions_file"]).read_text(encoding="utf-8"))
         complete = len(predictions) == record["total"]
     except (OSError, IndexError, KeyError, json.JSONDecodeError):
@@ -163,18 +168,19 @@ def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[s
         processes.process_index :: processes.num_processes
     ]
     chosen = [examples[i] for i in indices]
+    prompts = [build_prompt(example) for example in chosen]
 
     start = time.perf_counter()
-    rows = predict(loaded, spec, chosen, config)
+    rows = predict(loaded, spec, chosen, prompts, config)
     predictions = [
         {
             "index": index,
-            "prompt": build_prompt(example),
+            "prompt": prompt,
             **row,
             "answer": example["answer"],
             "correct": row["predicted"] == example["answer"],
         }  # fmt: skip
-        for index, example, row in zip(indices, chosen, rows, strict=True)
+        for index, example, prompt, row in zip(indices, chosen, prompts, rows, strict=True)
     ]
     if processes.num_processes > 1:
         predictions = sorted(gather_object(predictions), key=lambda p: p["index"])
