@@ -104,15 +104,15 @@ class AccuracyTable:
                     tests[(method, dataset)] = mcnemar(ours.outcomes, reference.outcomes)
         return tests
 
-    def trainer_states(self) -> dict[str, Path]:
-        """trainer_state.json of the run each method's results came from."""
-        states = {}
+    def loss_histories(self) -> dict[str, list[dict[str, Any]]]:
+        """The Trainer's log history (trainer_state.json) of the run each method's results came from."""
+        histories = {}
         for (method, _), record in sorted(self.records.items()):
-            if record.get("ckpt"):
+            if record.get("ckpt") and method not in histories:
                 state = Path(record["ckpt"]).parent / "trainer_state.json"
                 if state.is_file():
-                    states.setdefault(method, state)
-        return states
+                    histories[method] = json.loads(state.read_text(encoding="utf-8"))["log_history"]
+        return histories
 
 
 def _percent(cell: Cell | None) -> str:
@@ -173,7 +173,7 @@ def write_report(table: AccuracyTable, out_dir: Path, mode: str) -> Path:
     stats = {(m, d): (c.accuracy, c.ci_low, c.ci_high) for (m, d), c in table.cells.items()}
     stats.update({(m, "avg"): (a.accuracy, a.ci_low, a.ci_high) for m in table.methods if (a := table.average(m))})
     bars = accuracy_bars(stats, table.methods, columns, out_dir / "accuracy.png")
-    curves = loss_curves(table.trainer_states(), out_dir / "loss_curves.png")
+    curves = loss_curves(table.loss_histories(), out_dir / "loss_curves.png")
     tests = table.paired_tests()
     (out_dir / "stats.json").write_text(
         json.dumps(

@@ -4,6 +4,7 @@ peftbench train --peft_type hira --model_name smollm2-135m --dataset common_170k
 peftbench eval  --ckpt results_hira/<run>/checkpoint-N --dataset all
 peftbench analyze results_hira results_lora --out results_analysis
 peftbench data list
+peftbench reproduce --preset cpu-small
 peftbench demo
 """
 
@@ -13,6 +14,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import shlex
 import sys
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -152,6 +154,23 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), args.data_dir, train_samples=args.train_samples, eval_samples=args.eval_samples)
 
 
+def _reproduce(args: argparse.Namespace) -> None:
+    from peftbench.presets import get_preset
+    from peftbench.reproduce import Study, describe, reproduce, seeds_for
+
+    preset = get_preset(args.preset)
+    study = Study(preset, Path(args.out or f"reproduce_{preset.name}"), seeds_for(args.seeds), args.data_dir)
+    if args.dry_run:
+        print(describe(study))
+        return
+    wall_time = reproduce(study)
+    from peftbench.results_page import write_results
+
+    command = ["peftbench", "reproduce", "--preset", preset.name, "--seeds", str(args.seeds)]
+    page = write_results(study, Path(args.page or f"docs/results/{preset.name}.md"), shlex.join(command), wall_time)
+    print(f"results page: {page}")
+
+
 def _bench_train(args: argparse.Namespace) -> None:
     from peftbench.bench import BenchSettings, bench_train
 
@@ -243,6 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench_tokenize.add_argument("--tokenizer", default="smollm2-135m")
     _add_data_dir(bench_tokenize)
     bench_tokenize.set_defaults(action=_bench_tokenize)
+
+    reproduce = commands.add_parser(
+        "reproduce", help="a whole study: zero-shot and every method trained, evaluated, analysed; a results page"
+    )
+    reproduce.add_argument("--preset", default="cpu-small", help="cpu-small (embedded model, CPU) or paper (GPU)")
+    reproduce.add_argument("--seeds", type=int, default=1, help="repeat training over this many seeds (36, 37, ...)")
+    reproduce.add_argument("--out", default=None, help="study folder; default reproduce_<preset>")
+    reproduce.add_argument("--page", default=None, help="results page; default docs/results/<preset>.md")
+    reproduce.add_argument("--dry_run", action="store_true", help="print the plan and its commands; run nothing")
+    _add_data_dir(reproduce)
+    reproduce.set_defaults(action=_reproduce)
 
     demo = commands.add_parser("demo", help="offline demo: HiRA on the embedded model, evaluate, table")
     demo.add_argument("--out", default="demo_results")

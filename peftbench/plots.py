@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -15,8 +14,10 @@ import numpy as np  # noqa: E402
 CellStats = dict[tuple[str, str], tuple[float, float, float]]
 
 
-def accuracy_bars(cells: CellStats, methods: list[str], columns: list[str], path: Path) -> Path:
-    """Grouped bars: one group per dataset (and the average), one bar per method, 95% CI whiskers."""
+def accuracy_bars(
+    cells: CellStats, methods: list[str], columns: list[str], path: Path, title: str = "Accuracy with 95% bootstrap CI"
+) -> Path:
+    """Grouped bars: one group per dataset (and the average), one bar per method, whiskers from the cells."""
     figure, axes = plt.subplots(figsize=(max(6.0, 1.1 * len(columns) * max(1, len(methods)) * 0.45 + 2), 4))
     width = 0.8 / max(1, len(methods))
     positions = np.arange(len(columns))
@@ -28,16 +29,15 @@ def accuracy_bars(cells: CellStats, methods: list[str], columns: list[str], path
                  label=method)  # fmt: skip
     axes.set_xticks(positions, columns, rotation=30, ha="right")
     axes.set_ylim(0, 100)
-    return _finish(figure, axes, path, "Accuracy with 95% bootstrap CI", "accuracy (%)")
+    return _finish(figure, axes, path, title, "accuracy (%)")
 
 
-def loss_curves(trainer_states: dict[str, Path], path: Path) -> Path | None:
-    """Training loss (solid) and validation loss (dashed, markers) per method, from trainer_state.json."""
-    if not trainer_states:
+def loss_curves(histories: dict[str, list[dict]], path: Path) -> Path | None:
+    """Training loss (solid) and validation loss (dashed, markers) per method, from the Trainer's log history."""
+    if not histories:
         return None
     figure, axes = plt.subplots(figsize=(7, 4))
-    for method, state_path in trainer_states.items():
-        history = json.loads(state_path.read_text())["log_history"]
+    for method, history in histories.items():
         train = [(e["step"], e["loss"]) for e in history if "loss" in e]
         evaluation = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
         (line,) = axes.plot(*zip(*train, strict=True), label=f"{method} train") if train else (None,)

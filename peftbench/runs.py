@@ -103,14 +103,20 @@ def environment_record() -> dict[str, Any]:
     }
 
 
-def _git_revision() -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _git_revision() -> str | None:
+    """HEAD, marked '-dirty' when tracked files differ from it (the result then is not exactly that commit's)."""
+    revision = _git("rev-parse", "HEAD")
+    if revision and _git("status", "--porcelain", "--untracked-files=no"):
+        revision += "-dirty"
+    return revision
 
 
 def make_run_dir(config: RunConfig) -> Path:
@@ -159,18 +165,29 @@ def find_resume_point(config: RunConfig) -> ResumePoint | None:
         return ResumePoint(checkpoint.parent, checkpoint)
     if config.resume_from_checkpoint is None:
         return None
-    parent = Path(config.output_folder).resolve()
-    candidates = []
-    for record in sorted(parent.glob(f"{config.run_folder_name('*')}/{RUN_RECORD}")):
-        lines = read_records(record)
-        finished = any(line.get("event") == "train_end" for line in lines)
-        if lines and not finished and _comparable(lines[0].get("config", {})) == wanted:
-            candidates.append(record.parent)
-    if not candidates:
+    unfinished = [run_dir for run_dir, finished in runs_of(config) if not finished]
+    if not unfinished:
         return None
-    run_dir = candidates[-1]  # timestamps sort by name
+    run_dir = unfinished[-1]
     checkpoints = complete_checkpoints(run_dir)
     return ResumePoint(run_dir, checkpoints[-1] if checkpoints else None)
+
+
+def runs_of(config: RunConfig) -> list[tuple[Path, bool]]:
+    """Run folders of this exact configuration in its output folder, oldest first, and whether each finished."""
+    wanted = _comparable(dataclasses.asdict(config))
+    found = []
+    for record in sorted(Path(config.output_folder).resolve().glob(f"{config.run_folder_name('*')}/{RUN_RECORD}")):
+        lines = read_records(record)  # timestamps in the folder names sort oldest first
+        if lines and _comparable(lines[0].get("config", {})) == wanted:
+            found.append((record.parent, any(line.get("event") == "train_end" for line in lines)))
+    return found
+
+
+def find_finished_run(config: RunConfig) -> Path | None:
+    """The newest run of this exact configuration that finished training, if any."""
+    finished = [run_dir for run_dir, done in runs_of(config) if done]
+    return finished[-1] if finished else None
 
 
 def choose_run_folder(config: RunConfig, state: PartialState) -> ResumePoint:

@@ -53,3 +53,14 @@ def mcnemar(first: dict[int, bool], second: dict[int, bool]) -> PairedTest:
     p_value = 1.0 if discordant == 0 else binomtest(only_first, discordant, 0.5).pvalue
     difference = (only_first - only_second) / len(shared) if shared else 0.0
     return PairedTest(len(shared), only_first, only_second, difference, float(p_value))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values: controls the chance of any false positive over the whole family."""
+    count = len(p_values)
+    adjusted = [1.0] * count
+    running = 0.0
+    for rank, index in enumerate(sorted(range(count), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (count - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted

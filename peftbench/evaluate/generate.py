@@ -21,8 +21,13 @@ def _shared_prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tenso
     """The KV cache of every prompt but its last token, computed once and repeated for each beam."""
     # The same positions generate() derives for left-padded prompts.
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    # use_cache explicitly: a fully fine-tuned checkpoint keeps the use_cache=False its training set.
     cache = model(
-        input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], logits_to_keep=1
+        input_ids=ids[:, :-1],
+        attention_mask=mask[:, :-1],
+        position_ids=positions[:, :-1],
+        use_cache=True,
+        logits_to_keep=1,
     ).cache
     cache.batch_repeat_interleave(beams)
     return cache

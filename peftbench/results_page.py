@@ -1,0 +1,355 @@
+"""The results page of a reproduction study, and the JSON summary it is rendered from.
+
+``write_results`` gathers every number from the study's run records (output.jsonl, trainer_state.json)
+and evaluation results into ``<page folder>/<page name>/summary.json``, draws the plots from that
+summary, and renders the page from it alone (``render_page``). The summary and plots are small and
+are committed with the page; a test renders the committed summary and compares it with the page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peftbench.analyze import REFERENCE_METHOD, AccuracyTable, accuracy_table, collect_results, to_markdown
+from peftbench.config import RunConfig
+from peftbench.errors import UserError
+from peftbench.plots import accuracy_bars, loss_curves
+from peftbench.presets import EvalPlan
+from peftbench.reproduce import Study
+from peftbench.runs import RUN_RECORD, environment_record, find_finished_run, read_records
+from peftbench.stats import holm
+
+SUMMARY_FILE = "summary.json"
+SIGNIFICANCE = 0.05
+
+
+# ---- gathering: result files -> summary ----------------------------------------------------------------------
+
+
+def build_summary(study: Study, command: str, wall_time_s: float) -> dict[str, Any]:
+    preset = study.preset
+    return {
+        "preset": preset.name,
+        "description": preset.summary,
+        "command": command,
+        "date": time.strftime("%Y-%m-%d"),
+        "environment": {**environment_record(), **_machine()},
+        "model": preset.model_name,
+        "dataset": preset.dataset,
+        "seeds": list(study.seeds),
+        "train_settings": preset.train_settings,
+        "methods": [_method_summary(study, plan.peft_type, plan.lr, plan.lr_source) for plan in preset.methods],
+        "evaluations": [_evaluation_summary(study, plan) for plan in preset.evaluations],
+        "wall_time_s": round(wall_time_s, 1),
+    }
+
+
+def _machine() -> dict[str, Any]:
+    if torch.cuda.is_available():
+        return {"device": torch.cuda.get_device_name(0)}
+    return {"device": f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"}
+
+
+def _method_summary(study: Study, peft_type: str, lr: float, lr_source: str) -> dict[str, Any]:
+    return {
+        "method": peft_type,
+        "lr": lr,
+        "lr_source": lr_source,
+        "runs": [_run_summary(study, seed, peft_type) for seed in study.seeds],
+    }
+
+
+def _run_summary(study: Study, seed: int, peft_type: str) -> dict[str, Any]:
+    run_dir = find_finished_run(RunConfig(**study.train_settings(seed, peft_type)))
+    if run_dir is None:
+        raise UserError(f"no finished {peft_type} run for seed {seed} in {study.results_folder(seed, peft_type)}")
+    records = read_records(run_dir / RUN_RECORD)
+    end = [r for r in records if r.get("event") == "train_end"][-1]
+    history = json.loads((run_dir / "trainer_state.json").read_text(encoding="utf-8"))["log_history"]
+    memory_key = "peak_gpu_mem_gb" if "peak_gpu_mem_gb" in end else "peak_rss_gb"
+    return {
+        "seed": seed,
+        "run": str(run_dir.relative_to(study.out.resolve())),
+        "train_time_s": end["train_time_s"],
+        "peak_memory_gb": end[memory_key],
+        "memory_measure": {"peak_rss_gb": "peak resident memory (CPU)", "peak_gpu_mem_gb": "GPU max allocated"}[
+            memory_key
+        ],
+        "trainable_params": end["trainable_params"],
+        "total_params": end["total_params"],
+        "steps": end["global_step"],
+        "train_loss": end["train_loss"],
+        "best_eval_loss": end["best_eval_loss"],
+        "train_examples": records[0]["data"]["train_examples"],
+        "validation_examples": records[0]["data"]["validation_examples"],
+        "data_sha256": records[0]["data"]["sha256"],
+        "precision": records[0]["precision"],
+        # Only the logged losses, for the loss-curve plot.
+        "loss_history": [
+            {k: e[k] for k in ("step", "loss", "eval_loss") if k in e}
+            for e in history
+            if "loss" in e or "eval_loss" in e
+        ],  # fmt: skip
+    }
+
+
+def _evaluation_summary(study: Study, plan: EvalPlan) -> dict[str, Any]:
+    tables = {seed: accuracy_table(collect_results(study.method_folders(seed), plan.mode)) for seed in study.seeds}
+    first = tables[study.seeds[0]]
+    columns = [*first.datasets, "avg"]
+    return {
+        "mode": plan.mode,
+        "samples": plan.samples,
+        "settings": plan.settings,
+        "methods": first.methods,
+        "datasets": first.datasets,
+        "n": {d: first.cells[(first.methods[0], d)].n for d in first.datasets if (first.methods[0], d) in first.cells},
+        "cells": [_cell_summary(tables, method, column) for method in first.methods for column in columns],
+        "paired_tests": [test for seed, table in tables.items() for test in _paired_tests(seed, table)],
+        "eval_time_s": {
+            method: round(sum(r["wall_time_s"] for (m, _), r in first.records.items() if m == method), 1)
+            for method in first.methods
+        },
+    }
+
+
+def _cell_summary(tables: dict[int, AccuracyTable], method: str, column: str) -> dict[str, Any]:
+    cells = [
+        table.average(method) if column == "avg" else table.cells.get((method, column)) for table in tables.values()
+    ]
+    present = [c for c in cells if c is not None]
+    accuracies = [c.accuracy for c in present]
+    return {
+        "method": method,
+        "dataset": column,
+        "mean": statistics.fmean(accuracies) if accuracies else None,
+        "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+        "per_seed": accuracies,
+        "ci95_per_seed": [[c.ci_low, c.ci_high] for c in present],
+    }
+
+
+def _paired_tests(seed: int, table: AccuracyTable) -> list[dict[str, Any]]:
+    tests = table.paired_tests()
+    adjusted = holm([t.p_value for t in tests.values()])
+    return [
+        {"seed": seed, "method": m, "dataset": d, "n": t.n, "difference": t.difference, "p": t.p_value, "p_holm": p}
+        for ((m, d), t), p in zip(tests.items(), adjusted, strict=True)
+    ]
+
+
+# ---- rendering: summary -> page ------------------------------------------------------------------------------
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def format_cell(cell: dict[str, Any], seeds: int) -> str:
+    """One seed: accuracy [95% CI]; several: mean ± std over seeds (percent)."""
+    if cell["mean"] is None:
+        return "-"
+    if seeds == 1:
+        low, high = cell["ci95_per_seed"][0]
+        return f"{_percent(cell['mean'])} [{_percent(low)}, {_percent(high)}]"
+    return f"{_percent(cell['mean'])} ± {_percent(cell['std'])}"
+
+
+def accuracy_rows(evaluation: dict[str, Any], seeds: int) -> list[list[str]]:
+    columns = [*evaluation["datasets"], "avg"]
+    cells = {(c["method"], c["dataset"]): c for c in evaluation["cells"]}
+    rows = [["method", *columns]]
+    rows += [[m, *(format_cell(cells[(m, d)], seeds) for d in columns)] for m in evaluation["methods"]]
+    return rows
+
+
+def _evaluation_title(evaluation: dict[str, Any]) -> str:
+    mode = evaluation["mode"]
+    kind = "log-likelihood of each answer option" if mode == "loglik" else "generation"
+    settings = evaluation["settings"]
+    if mode == "generate":
+        kind += f", beam {settings.get('beam_size', 4)}, at most {settings.get('max_new_tokens', 16)} new tokens"
+    samples = "every test example" if evaluation["samples"] is None else f"{evaluation['samples']} examples"
+    return f"Accuracy: {kind} ({samples} per dataset, the same for every method)"
+
+
+def verdict(evaluation: dict[str, Any], seeds: list[int]) -> str:
+    """What the paired tests say, in words, counting only tests that survive Holm's correction."""
+    tests = evaluation["paired_tests"]
+    if not tests:
+        return f"No paired tests: {REFERENCE_METHOD} was not evaluated beside another method."
+    per_seed = len(tests) // len(seeds)
+    significant = [t for t in tests if t["p_holm"] < SIGNIFICANCE]
+    family = f"Holm's correction over the {per_seed} tests of each seed"
+    if not significant:
+        smallest = min(tests, key=lambda t: t["p"])
+        return (
+            f"No method differs from {REFERENCE_METHOD} on any dataset at p < {SIGNIFICANCE} after {family} "
+            f"(smallest raw p: {smallest['p']:.3g}, {smallest['method']} on {smallest['dataset']}). "
+            "At this sample size the differences between methods are within noise."
+        )
+    listed = "; ".join(_describe_test(t, len(seeds) > 1) for t in significant)
+    return f"Differences from {REFERENCE_METHOD} significant at p < {SIGNIFICANCE} after {family}: {listed}."
+
+
+def _describe_test(test: dict[str, Any], several_seeds: bool) -> str:
+    where = f"{test['method']} on {test['dataset']}" + (f" (seed {test['seed']})" if several_seeds else "")
+    return f"{where}: {100 * test['difference']:+.1f} points, p (Holm) = {test['p_holm']:.2g}"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def _tests_block(evaluation: dict[str, Any], several_seeds: bool) -> list[str]:
+    rows = [["method", "dataset", *(["seed"] if several_seeds else []), "n", f"Δ vs {REFERENCE_METHOD} (points)",
+             "p", "p (Holm)"]]  # fmt: skip
+    for t in evaluation["paired_tests"]:
+        seed = [str(t["seed"])] if several_seeds else []
+        rows.append([t["method"], t["dataset"], *seed, str(t["n"]), f"{100 * t['difference']:+.1f}", f"{t['p']:.3g}",
+                     f"{t['p_holm']:.3g}"])  # fmt: skip
+    return [
+        f"<details><summary>Paired tests against {REFERENCE_METHOD} ({evaluation['mode']})</summary>\n",
+        "Exact McNemar tests on the examples both methods answered; Holm's correction over each seed's tests.\n",
+        to_markdown(rows),
+        "</details>\n",
+    ]
+
+
+def _cost_rows(summary: dict[str, Any]) -> list[list[str]]:
+    evaluations = summary["evaluations"]
+    rows = [["method", "lr", "trainable params", "training time", "peak memory", "steps", "final train loss",
+             "best validation loss", *(f"eval time ({e['mode']})" for e in evaluations)]]  # fmt: skip
+    zero_shot = [_minutes(e["eval_time_s"]["zero-shot"]) for e in evaluations if "zero-shot" in e["eval_time_s"]]
+    if zero_shot:
+        rows.append(["zero-shot", "-", "0", "-", "-", "-", "-", "-", *zero_shot])
+    for method in summary["methods"]:
+        runs = method["runs"]
+        first = runs[0]
+        share = 100 * first["trainable_params"] / first["total_params"]
+        rows.append([
+            method["method"], f"{method['lr']:g}", f"{first['trainable_params']:,} ({share:.2f}%)",
+            _mean_of(runs, "train_time_s", _minutes), _mean_of(runs, "peak_memory_gb", lambda v: f"{v:.2f} GB"),
+            str(first["steps"]), _mean_of(runs, "train_loss", lambda v: f"{v:.3f}"),
+            _mean_of(runs, "best_eval_loss", lambda v: f"{v:.3f}"),
+            *(_minutes(e["eval_time_s"][method["method"]]) for e in evaluations),
+        ])  # fmt: skip
+    return rows
+
+
+def _mean_of(runs: list[dict[str, Any]], key: str, show: Any) -> str:
+    values = [r[key] for r in runs if r[key] is not None]
+    if not values:
+        return "-"
+    text = show(statistics.fmean(values))
+    return text if len(values) == 1 else f"{text} (mean of {len(values)})"
+
+
+def study_cost(summary: dict[str, Any]) -> tuple[float, float]:
+    """Measured compute seconds of the zero-shot evaluations (run once) and of one seed of training + evaluation."""
+    evaluations = summary["evaluations"]
+    once = sum(e["eval_time_s"].get("zero-shot", 0.0) for e in evaluations)
+    seeds = len(summary["seeds"])
+    per_seed = sum(sum(r["train_time_s"] for r in m["runs"]) for m in summary["methods"]) / seeds
+    per_seed += sum(e["eval_time_s"][m["method"]] for e in evaluations for m in summary["methods"])
+    return once, per_seed
+
+
+def render_page(summary: dict[str, Any], assets: str) -> str:
+    """The page in Markdown, from the summary alone; `assets` is the folder (relative to the page) of its files."""
+    seeds = summary["seeds"]
+    several = len(seeds) > 1
+    environment = summary["environment"]
+    first_run = summary["methods"][0]["runs"][0]
+    settings = summary["train_settings"]
+    once, per_seed = study_cost(summary)
+    statistic = (f"mean ± standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))})" if several
+                 else "with 95% percentile-bootstrap confidence intervals")  # fmt: skip
+    lines = [
+        f"# Reproduction study: `{summary['preset']}`\n",
+        f"{summary['description']}.\n",
+        f"Written by `{summary['command']}` on {summary['date']} from [`{SUMMARY_FILE}`]({assets}/{SUMMARY_FILE}), "
+        "which the command gathered from the runs' records and the per-example predictions; "
+        "a test checks that this page and that file agree.\n",
+    ]
+    for evaluation in summary["evaluations"]:
+        lines += [
+            f"## {_evaluation_title(evaluation)}\n",
+            f"Accuracy in %, {statistic}. n per dataset: "
+            + ", ".join(f"{d} {n}" for d, n in evaluation["n"].items())
+            + ".\n",
+            to_markdown(accuracy_rows(evaluation, len(seeds))),
+            verdict(evaluation, seeds) + "\n",
+            *_tests_block(evaluation, several),
+            f"![accuracy, {evaluation['mode']}]({assets}/accuracy-{evaluation['mode']}.png)\n",
+        ]
+    lines += [
+        "## Training cost\n",
+        f"Measured on {environment['device']}; peak memory is the {first_run['memory_measure']} of the training "
+        "process, model included.\n",
+        to_markdown(_cost_rows(summary)),
+        f"![loss curves]({assets}/loss_curves.png)\n",
+        "## Learning rates\n",
+        "Every method trains on the same examples with the same budget; only the learning rate is the method's "
+        "own, following its paper's guidance.\n",
+        to_markdown(
+            [["method", "lr", "source"]] + [[m["method"], f"{m['lr']:g}", m["lr_source"]] for m in summary["methods"]]
+        ),  # fmt: skip
+        "## Setup\n",
+        f"- Model: `{summary['model']}` ({first_run['total_params']:,} parameters, {first_run['precision']}).",
+        f"- Training data: a seeded sample of `{summary['dataset']}` (the local commonsense mix, data hash "
+        f"`{first_run['data_sha256']}`): {first_run['train_examples']} training and "
+        f"{first_run['validation_examples']} validation examples; the checkpoint with the best validation loss "
+        "is evaluated.",
+        "- Shared budget: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()) + ".",
+        "- Evaluation: the same seeded test sample for every method; zero-shot is the untrained model.",
+        f"- Seeds: {', '.join(map(str, seeds))} (each seed draws its own training sample, initialisation and "
+        "order; the test sample is fixed).\n",
+        "## Cost and seeds\n",
+        f"Measured compute: {_minutes(once)} for the zero-shot evaluations, which run once, and "
+        f"{_minutes(per_seed)} per seed for training and evaluating the {len(summary['methods'])} methods; "
+        f"this invocation ran for {_minutes(summary['wall_time_s'])} (steps finished earlier are skipped). "
+        f"`--seeds 3` therefore costs about {_minutes(once + 3 * per_seed)} and `--seeds 5` (the HiRA paper's "
+        f"count) about {_minutes(once + 5 * per_seed)}.\n",
+        "## Environment\n",
+        f"- peftbench {environment['peftbench']}, git revision `{environment['git_revision']}`",
+        f"- torch {environment['torch']}, transformers {environment['transformers']}, peft {environment['peft']}",
+        f"- {environment['device']}\n",
+    ]
+    return "\n".join(lines)
+
+
+def draw_plots(summary: dict[str, Any], folder: Path) -> None:
+    several = len(summary["seeds"]) > 1
+    for evaluation in summary["evaluations"]:
+        stats = {}
+        for cell in evaluation["cells"]:
+            if cell["mean"] is None:
+                continue
+            mean = cell["mean"]
+            low, high = (mean - cell["std"], mean + cell["std"]) if several else cell["ci95_per_seed"][0]
+            stats[(cell["method"], cell["dataset"])] = (mean, low, high)
+        whiskers = "± std over seeds" if several else "95% bootstrap CI"
+        accuracy_bars(stats, evaluation["methods"], [*evaluation["datasets"], "avg"],
+                      folder / f"accuracy-{evaluation['mode']}.png",
+                      f"{summary['preset']}: accuracy ({evaluation['mode']}), {whiskers}")  # fmt: skip
+    histories = {m["method"]: m["runs"][0]["loss_history"] for m in summary["methods"]}
+    loss_curves(histories, folder / "loss_curves.png")
+
+
+def write_results(study: Study, page: Path, command: str, wall_time_s: float) -> Path:
+    """summary.json, the plots and the page; returns the page's path."""
+    summary = build_summary(study, command, wall_time_s)
+    assets = page.with_suffix("")
+    assets.mkdir(parents=True, exist_ok=True)
+    (assets / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    draw_plots(summary, assets)
+    page.write_text(render_page(summary, assets.name), encoding="utf-8")
+    return page

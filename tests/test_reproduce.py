@@ -1,0 +1,190 @@
+"""The reproduction study: its plan, a whole tiny study run twice (the second skips everything), its page."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from peftbench import cli
+from peftbench.analyze import to_markdown
+from peftbench.config import RunConfig
+from peftbench.errors import TrainingInterrupted, UserError
+from peftbench.presets import CPU_SMALL, PAPER, EvalPlan
+from peftbench.reproduce import Study, reproduce, run_steps, seeds_for
+from peftbench.results_page import SUMMARY_FILE, accuracy_rows, render_page, verdict, write_results
+from peftbench.runs import read_records
+from peftbench.stats import holm
+
+
+def test_every_training_command_rebuilds_its_configuration(tmp_path: Path, data_dir: str) -> None:
+    study = Study(CPU_SMALL, tmp_path / "study", seeds_for(2), data_dir)
+    steps = study.steps()
+    trains = [s for s in steps if s.run_config is not None]
+    assert [(s.run_config.peft_type, s.run_config.seed) for s in trains] == [
+        (m, seed) for seed in (36, 37) for m in ("hira", "lora", "ia3", "fft")
+    ]
+    # Zero-shot is evaluated once for all seeds; each trained method once per seed and mode.
+    evals = [s for s in steps if s.argv[0] == "eval"]
+    assert len(evals) == 2 + 2 * 4 * 2 and sum("--model_name" in s.argv for s in evals) == 2
+    parser = cli.build_parser()
+    lrs = {m.peft_type: m.lr for m in CPU_SMALL.methods}
+    for step in trains:
+        assert cli.build_config(RunConfig, parser.parse_args(step.argv)) == step.run_config
+        assert step.run_config.lr == lrs[step.run_config.peft_type]
+        assert step.run_config.max_train_samples == 512 and step.run_config.r_ab == 16
+    for step in steps:
+        parser.parse_args(step.argv)  # every printed command is a valid peftbench command
+
+
+def test_paper_preset_prints_the_specification_protocol(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["reproduce", "--preset", "paper", "--dry_run"]) == 0
+    plan = capsys.readouterr().out
+    trains = [line for line in plan.splitlines() if line.startswith("peftbench train")]
+    assert len(trains) == 4 and all("--model_name EleutherAI/gpt-neo-1.3B --dataset common_170k" in t for t in trains)
+    hira = next(t for t in trains if "--peft_type hira" in t)
+    for flag in ("--r_ab 64", "--batch 8", "--grad_acc 32", "--lr 5e-05", "--warmup 100", "--enable_grad_ckpt"):
+        assert flag in hira
+    assert "--grad_acc 64" in next(t for t in trains if "--peft_type fft" in t)
+    generation = [line for line in plan.splitlines() if "--eval_mode generate" in line]
+    assert len(generation) == 5 and all("--dataset all" in g and "--beam_size 4" in g for g in generation)
+    assert "A100" in plan and "--train_on_inputs" in plan
+
+
+def test_paper_preset_without_a_gpu_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["reproduce", "--preset", "paper"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: preset paper needs a CUDA GPU") and "\n" not in error
+    assert cli.main(["reproduce", "--seeds", "0", "--dry_run"]) == 2
+
+
+@pytest.mark.parametrize(("status", "error"), [(130, TrainingInterrupted), (1, UserError)])
+def test_a_failed_step_stops_the_study(tmp_path: Path, data_dir: str, status: int, error: type) -> None:
+    calls = []
+    with pytest.raises(error, match="zero-shot evaluation"):
+        run_steps(Study(CPU_SMALL, tmp_path, (36,), data_dir), lambda argv: calls.append(argv) or status)
+    assert len(calls) == 1
+
+
+def test_holm_adjustment() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def _tiny_preset(model: Path) -> object:
+    train = {"max_train_samples": 40, "val_set_size": 8, "batch": 8, "r_ab": 4, "eval_steps": 2, "logging_steps": 1,
+             "target_modules": "q_proj,v_proj,down_proj", "max_length": 128}  # fmt: skip
+    methods = tuple(dataclasses.replace(m, lr=m.lr * 10) for m in CPU_SMALL.methods)
+    return dataclasses.replace(
+        CPU_SMALL,
+        model_name=str(model),
+        train_settings=train,
+        methods=methods,
+        benchmarks="boolq,arc_challenge",
+        evaluations=(EvalPlan("loglik", 12), EvalPlan("generate", 3, {"beam_size": 2, "max_new_tokens": 4})),
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory, data_dir: str) -> tuple[Study, Path]:
+    study = Study(_tiny_preset(tiny_llama), tmp_path_factory.mktemp("study"), (36, 37), data_dir)
+    reproduce(study, execute=cli.main)
+    page = write_results(study, study.out / "page" / "tiny.md", "peftbench reproduce --preset tiny", 1.0)
+    return study, page
+
+
+def _result(folder: Path, mode: str, dataset: str) -> dict:
+    suffix = "_loglik" if mode == "loglik" else ""
+    return read_records(next(folder.rglob(f"output_{dataset}{suffix}_eval.jsonl")))[-1]
+
+
+def test_summary_numbers_come_from_the_result_records(tiny_study: tuple[Study, Path]) -> None:
+    study, page = tiny_study
+    summary = json.loads((page.parent / "tiny" / SUMMARY_FILE).read_text())
+    for evaluation in summary["evaluations"]:
+        mode = evaluation["mode"]
+        assert evaluation["methods"] == ["zero-shot", "hira", "lora", "fft", "ia3"]
+        assert evaluation["datasets"] == ["boolq", "arc_challenge"]
+        cells = {(c["method"], c["dataset"]): c for c in evaluation["cells"]}
+        for seed in study.seeds:
+            for method in evaluation["methods"]:
+                folder = study.zero_shot_folder if method == "zero-shot" else study.results_folder(seed, method)
+                for dataset in evaluation["datasets"]:
+                    cell = cells[(method, dataset)]
+                    assert cell["per_seed"][study.seeds.index(seed)] == _result(folder, mode, dataset)["accuracy"]
+        for method in evaluation["methods"]:
+            cell = cells[(method, "avg")]
+            assert cell["mean"] == pytest.approx(sum(cell["per_seed"]) / 2)
+            per_dataset = [cells[(method, d)]["per_seed"] for d in evaluation["datasets"]]
+            assert cell["per_seed"] == pytest.approx([sum(v) / 2 for v in zip(*per_dataset, strict=True)])
+        assert cells[("zero-shot", "boolq")]["std"] == 0.0  # the untrained model is evaluated once
+        assert len(evaluation["paired_tests"]) == 2 * 4 * 2  # 2 seeds x 4 methods against LoRA x 2 datasets
+    for method in summary["methods"]:
+        for run in method["runs"]:
+            record = read_records(study.out / run["run"] / "output.jsonl")[-1]
+            assert record["event"] == "train_end" and run["train_time_s"] == record["train_time_s"]
+            assert run["peak_memory_gb"] == record["peak_rss_gb"] and run["steps"] == 5  # 40 examples, batch 8
+            assert run["loss_history"][0]["loss"] > 0
+    runs = {m["method"]: m["runs"][0] for m in summary["methods"]}
+    base = runs["fft"]["total_params"]  # every parameter of the base model trains in FFT
+    assert runs["fft"]["trainable_params"] == base > runs["hira"]["trainable_params"] > runs["ia3"]["trainable_params"]
+    for adapter in ("hira", "lora", "ia3"):
+        assert runs[adapter]["total_params"] - runs[adapter]["trainable_params"] == base
+
+
+def test_page_is_rendered_from_the_summary_with_plots(tiny_study: tuple[Study, Path]) -> None:
+    _, page = tiny_study
+    summary = json.loads((page.parent / "tiny" / SUMMARY_FILE).read_text())
+    text = page.read_text()
+    assert text == render_page(summary, "tiny")
+    loglik = summary["evaluations"][0]
+    hira_avg = next(c for c in loglik["cells"] if c["method"] == "hira" and c["dataset"] == "avg")
+    assert f"{100 * hira_avg['mean']:.1f} ± {100 * hira_avg['std']:.1f}" in text  # two seeds: mean ± std
+    assert "`--seeds 3` therefore costs about" in text and summary["environment"]["git_revision"] in text
+    for image in ("accuracy-loglik.png", "accuracy-generate.png", "loss_curves.png"):
+        assert (page.parent / "tiny" / image).read_bytes().startswith(b"\x89PNG")
+        assert f"tiny/{image}" in text
+
+
+def test_a_rerun_skips_every_finished_part(tiny_study: tuple[Study, Path]) -> None:
+    study, _ = tiny_study
+    results = sorted(study.out.rglob("output_*_eval.jsonl"))
+    stamps = [p.stat().st_mtime_ns for p in results]
+    runs = sorted(p.parent for p in study.out.rglob("output.jsonl"))
+    reproduce(study, execute=cli.main)
+    assert sorted(p.parent for p in study.out.rglob("output.jsonl")) == runs and len(runs) == 8
+    assert [p.stat().st_mtime_ns for p in results] == stamps
+
+
+def _evaluation(tests: list[dict]) -> dict:
+    return {"paired_tests": tests}
+
+
+def test_verdict_says_within_noise_only_when_no_test_survives_holm() -> None:
+    calm = [{"seed": 36, "method": "hira", "dataset": "boolq", "difference": 0.02, "p": 0.04, "p_holm": 0.3}]
+    assert "within noise" in verdict(_evaluation(calm), [36])
+    sharp = [{**calm[0], "p": 1e-5, "p_holm": 2e-5, "difference": 0.25}]
+    text = verdict(_evaluation(sharp), [36])
+    assert "within noise" not in text and "hira on boolq: +25.0 points" in text
+
+
+COMMITTED_PAGE = Path(__file__).resolve().parents[1] / "docs" / "results" / "cpu-small.md"
+
+
+def test_committed_results_page_equals_its_committed_summary() -> None:
+    summary = json.loads((COMMITTED_PAGE.with_suffix("") / SUMMARY_FILE).read_text())
+    page = COMMITTED_PAGE.read_text()
+    assert page == render_page(summary, "cpu-small")
+    assert summary["preset"] == "cpu-small" and summary["seeds"] == [36]
+    for evaluation in summary["evaluations"]:
+        cells = {(c["method"], c["dataset"]): c for c in evaluation["cells"]}
+        for row in accuracy_rows(evaluation, 1)[1:]:
+            line = "| " + " | ".join(row) + " |"
+            assert line in page
+            method, *shown = row
+            for dataset, text in zip([*evaluation["datasets"], "avg"], shown, strict=True):
+                assert float(text.split(" [")[0]) == round(100 * cells[(method, dataset)]["mean"], 1)
+    readme = (COMMITTED_PAGE.parents[2] / "README.md").read_text()
+    assert to_markdown(accuracy_rows(summary["evaluations"][0], 1)) in readme and "docs/results/cpu-small.md" in readme
