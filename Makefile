@@ -1,4 +1,5 @@
-# peftbench: `make demo` (offline demo on the embedded model), `make test` (fast tests), `make test-slow` (SmolLM2).
+# peftbench: `make demo` (offline demo on the embedded model), `make test` (fast tests), `make test-slow` (SmolLM2),
+# `make reproduce` (the cpu-small study and its results page).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch, installed before the project so that pip never pulls a multi-GB CUDA build.
@@ -6,9 +7,11 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 # The benchmark files beside the checkout (LLM-Adapters layout + CommonsenseQA's official file).
 DATA_DIR ?= ../shared/data/llm_adapters,../shared/data
+# make reproduce SEEDS=3: mean ± std over seeds 36, 37, 38.
+SEEDS ?= 1
 export PEFTBENCH_DATA_DIR := $(DATA_DIR)
 
-.PHONY: setup demo test test-slow lint clean
+.PHONY: setup demo reproduce test test-slow lint clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +27,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/peftbench demo --out demo_results --data_dir $(DATA_DIR)
 
+# The cpu-small study (about 75 min on 2 cores): writes reproduce_cpu-small/ and docs/results/cpu-small.md.
+reproduce: setup
+	$(VENV)/bin/peftbench reproduce --preset cpu-small --seeds $(SEEDS) --data_dir $(DATA_DIR)
+
 test: setup
 	$(PY) -m pytest -q
 
@@ -34,4 +41,4 @@ lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) demo_results results_* .pytest_cache
+	rm -rf $(VENV) demo_results results_* reproduce_* .pytest_cache

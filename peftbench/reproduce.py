@@ -16,6 +16,7 @@ interrupted training run resumes from its newest checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -33,12 +34,13 @@ import torch
 from peftbench.config import RunConfig
 from peftbench.errors import TrainingInterrupted, UserError
 from peftbench.presets import EvalPlan, Preset
-from peftbench.runs import find_finished_run
+from peftbench.runs import find_finished_run, write_atomic
 
 logger = logging.getLogger(__name__)
 
 BASE_SEED = 36  # the specification's seed; --seeds N uses 36, 37, ...
 ZERO_SHOT_FOLDER = "zero-shot"
+STUDY_TIME_FILE = "study_time.json"
 
 # Runs one peftbench command (arguments after the program name) and returns its exit status.
 Executor = Callable[[Sequence[str]], int]
@@ -149,7 +151,7 @@ def describe(study: Study) -> str:
     if preset.cost:
         lines.append(f"# expected cost per seed: {preset.cost}")
     lines += [f"# learning rate of {m.peft_type}: {m.lr} ({m.lr_source})" for m in preset.methods]
-    lines += [f"# differs from the official code: {d}" for d in preset.differences]
+    lines += [f"# compared with the official code: {d}" for d in preset.differences]
     lines += [step.command for step in study.steps()]
     return "\n".join(lines)
 
@@ -198,12 +200,24 @@ def execute_in_subprocess(argv: Sequence[str]) -> int:
 
 
 def reproduce(study: Study, execute: Executor = execute_in_subprocess) -> float:
-    """Run every step that is not finished yet; returns the wall time in seconds."""
+    """Run every step that is not finished yet; returns the study's wall time in seconds, over all invocations."""
     check_device(study.preset)
     if study.preset.offline:
         # Local files only: asked offline, the hub retries for minutes before giving up.
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    run_steps(study, execute)
-    return time.perf_counter() - start
+    try:
+        run_steps(study, execute)
+    finally:  # an interrupted invocation's time counts too
+        total = add_study_time(study.out, time.perf_counter() - start)
+    return total
+
+
+def add_study_time(out: Path, seconds: float) -> float:
+    """Add one invocation's seconds to the study's total (study_time.json), so a resumed study reports all of it."""
+    path = out / STUDY_TIME_FILE
+    total = json.loads(path.read_text(encoding="utf-8"))["wall_time_s"] + seconds if path.exists() else seconds
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps({"wall_time_s": round(total, 1)}) + "\n")
+    return total

@@ -91,6 +91,7 @@ def _run_summary(study: Study, seed: int, peft_type: str) -> dict[str, Any]:
         "validation_examples": records[0]["data"]["validation_examples"],
         "data_sha256": records[0]["data"]["sha256"],
         "precision": records[0]["precision"],
+        "git_revision": records[0]["environment"]["git_revision"],  # the code this run was trained with
         # Only the logged losses, for the loss-curve plot.
         "loss_history": [
             {k: e[k] for k in ("step", "loss", "eval_loss") if k in e}
@@ -205,7 +206,7 @@ def _describe_test(test: dict[str, Any], several_seeds: bool) -> str:
 
 
 def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min"
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
 def _tests_block(evaluation: dict[str, Any], several_seeds: bool) -> list[str]:
@@ -250,6 +251,16 @@ def _mean_of(runs: list[dict[str, Any]], key: str, show: Any) -> str:
         return "-"
     text = show(statistics.fmean(values))
     return text if len(values) == 1 else f"{text} (mean of {len(values)})"
+
+
+def _run_revisions(summary: dict[str, Any]) -> list[str]:
+    return sorted({str(run["git_revision"]) for method in summary["methods"] for run in method["runs"]})
+
+
+def base_parameters(summary: dict[str, Any]) -> int:
+    """Parameters of the base model: an adapter run's total counts its adapter too."""
+    run, method = summary["methods"][0]["runs"][0], summary["methods"][0]["method"]
+    return run["total_params"] if method == "fft" else run["total_params"] - run["trainable_params"]
 
 
 def study_cost(summary: dict[str, Any]) -> tuple[float, float]:
@@ -303,7 +314,7 @@ def render_page(summary: dict[str, Any], assets: str) -> str:
             [["method", "lr", "source"]] + [[m["method"], f"{m['lr']:g}", m["lr_source"]] for m in summary["methods"]]
         ),  # fmt: skip
         "## Setup\n",
-        f"- Model: `{summary['model']}` ({first_run['total_params']:,} parameters, {first_run['precision']}).",
+        f"- Model: `{summary['model']}` ({base_parameters(summary):,} parameters, {first_run['precision']}).",
         f"- Training data: a seeded sample of `{summary['dataset']}` (the local commonsense mix, data hash "
         f"`{first_run['data_sha256']}`): {first_run['train_examples']} training and "
         f"{first_run['validation_examples']} validation examples; the checkpoint with the best validation loss "
@@ -315,11 +326,12 @@ def render_page(summary: dict[str, Any], assets: str) -> str:
         "## Cost and seeds\n",
         f"Measured compute: {_minutes(once)} for the zero-shot evaluations, which run once, and "
         f"{_minutes(per_seed)} per seed for training and evaluating the {len(summary['methods'])} methods; "
-        f"this invocation ran for {_minutes(summary['wall_time_s'])} (steps finished earlier are skipped). "
-        f"`--seeds 3` therefore costs about {_minutes(once + 3 * per_seed)} and `--seeds 5` (the HiRA paper's "
-        f"count) about {_minutes(once + 5 * per_seed)}.\n",
+        f"the whole study ran for {_minutes(summary['wall_time_s'])} of wall time, model loading included. "
+        f"`--seeds 3` therefore needs about {_minutes(once + 3 * per_seed)} of compute and `--seeds 5` "
+        f"(the HiRA paper's count) about {_minutes(once + 5 * per_seed)}.\n",
         "## Environment\n",
-        f"- peftbench {environment['peftbench']}, git revision `{environment['git_revision']}`",
+        f"- peftbench {environment['peftbench']}; page written at git revision `{environment['git_revision']}`; "
+        "runs trained at " + ", ".join(f"`{r}`" for r in _run_revisions(summary)),
         f"- torch {environment['torch']}, transformers {environment['transformers']}, peft {environment['peft']}",
         f"- {environment['device']}\n",
     ]

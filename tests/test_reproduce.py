@@ -12,8 +12,8 @@ from peftbench import cli
 from peftbench.analyze import to_markdown
 from peftbench.config import RunConfig
 from peftbench.errors import TrainingInterrupted, UserError
-from peftbench.presets import CPU_SMALL, PAPER, EvalPlan
-from peftbench.reproduce import Study, reproduce, run_steps, seeds_for
+from peftbench.presets import CPU_SMALL, EvalPlan
+from peftbench.reproduce import STUDY_TIME_FILE, Study, reproduce, run_steps, seeds_for
 from peftbench.results_page import SUMMARY_FILE, accuracy_rows, render_page, verdict, write_results
 from peftbench.runs import read_records
 from peftbench.stats import holm
@@ -142,7 +142,7 @@ def test_page_is_rendered_from_the_summary_with_plots(tiny_study: tuple[Study, P
     loglik = summary["evaluations"][0]
     hira_avg = next(c for c in loglik["cells"] if c["method"] == "hira" and c["dataset"] == "avg")
     assert f"{100 * hira_avg['mean']:.1f} ± {100 * hira_avg['std']:.1f}" in text  # two seeds: mean ± std
-    assert "`--seeds 3` therefore costs about" in text and summary["environment"]["git_revision"] in text
+    assert "`--seeds 3` therefore needs about" in text and summary["environment"]["git_revision"] in text
     for image in ("accuracy-loglik.png", "accuracy-generate.png", "loss_curves.png"):
         assert (page.parent / "tiny" / image).read_bytes().startswith(b"\x89PNG")
         assert f"tiny/{image}" in text
@@ -153,9 +153,12 @@ def test_a_rerun_skips_every_finished_part(tiny_study: tuple[Study, Path]) -> No
     results = sorted(study.out.rglob("output_*_eval.jsonl"))
     stamps = [p.stat().st_mtime_ns for p in results]
     runs = sorted(p.parent for p in study.out.rglob("output.jsonl"))
-    reproduce(study, execute=cli.main)
+    first_time = json.loads((study.out / STUDY_TIME_FILE).read_text())["wall_time_s"]
+    total = reproduce(study, execute=cli.main)
     assert sorted(p.parent for p in study.out.rglob("output.jsonl")) == runs and len(runs) == 8
     assert [p.stat().st_mtime_ns for p in results] == stamps
+    # The study's time adds up over invocations: the rerun's few seconds go on top of the first run's.
+    assert first_time < total < first_time + 30
 
 
 def _evaluation(tests: list[dict]) -> dict:
