@@ -112,9 +112,9 @@ def _git(*args: str) -> str | None:
 
 
 def _git_revision() -> str | None:
-    """HEAD, marked '-dirty' when tracked files differ from it (the result then is not exactly that commit's)."""
+    """HEAD, marked '-dirty' when the package's code differs from it (the result then is not exactly that commit's)."""
     revision = _git("rev-parse", "HEAD")
-    if revision and _git("status", "--porcelain", "--untracked-files=no"):
+    if revision and _git("status", "--porcelain", "--untracked-files=no", "--", "."):  # "." is the package folder
         revision += "-dirty"
     return revision
 
