@@ -159,6 +159,12 @@ def _reproduce(args: argparse.Namespace) -> None:
     from peftbench.reproduce import Study, describe, reproduce, seeds_for
 
     preset = get_preset(args.preset)
+    page = Path(args.page or f"docs/results/{preset.name}.md")
+    if args.render_only:
+        from peftbench.results_page import rewrite_page
+
+        print(f"results page: {rewrite_page(page)}")
+        return
     study = Study(preset, Path(args.out or f"reproduce_{preset.name}"), seeds_for(args.seeds), args.data_dir)
     if args.dry_run:
         print(describe(study))
@@ -167,8 +173,7 @@ def _reproduce(args: argparse.Namespace) -> None:
     from peftbench.results_page import write_results
 
     command = ["peftbench", "reproduce", "--preset", preset.name, "--seeds", str(args.seeds)]
-    page = write_results(study, Path(args.page or f"docs/results/{preset.name}.md"), shlex.join(command), wall_time)
-    print(f"results page: {page}")
+    print(f"results page: {write_results(study, page, shlex.join(command), wall_time)}")
 
 
 def _bench_train(args: argparse.Namespace) -> None:
@@ -271,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--out", default=None, help="study folder; default reproduce_<preset>")
     reproduce.add_argument("--page", default=None, help="results page; default docs/results/<preset>.md")
     reproduce.add_argument("--dry_run", action="store_true", help="print the plan and its commands; run nothing")
+    reproduce.add_argument(
+        "--render_only", action="store_true", help="rewrite the page and plots from its summary.json; run nothing"
+    )
     _add_data_dir(reproduce)
     reproduce.set_defaults(action=_reproduce)
 

@@ -18,7 +18,8 @@ def accuracy_bars(
     cells: CellStats, methods: list[str], columns: list[str], path: Path, title: str = "Accuracy with 95% bootstrap CI"
 ) -> Path:
     """Grouped bars: one group per dataset (and the average), one bar per method, whiskers from the cells."""
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.1 * len(columns) * max(1, len(methods)) * 0.45 + 2), 4))
+    inches = min(14.0, max(6.0, 0.25 * len(columns) * max(1, len(methods)) + 2))
+    figure, axes = plt.subplots(figsize=(inches, 4.5))
     width = 0.8 / max(1, len(methods))
     positions = np.arange(len(columns))
     for offset, method in enumerate(methods):

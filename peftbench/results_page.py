@@ -27,6 +27,7 @@ from peftbench.runs import RUN_RECORD, environment_record, find_finished_run, re
 from peftbench.stats import holm
 
 SUMMARY_FILE = "summary.json"
+ZERO_SHOT = "zero-shot"
 SIGNIFICANCE = 0.05
 
 
@@ -182,26 +183,55 @@ def _evaluation_title(evaluation: dict[str, Any]) -> str:
 
 
 def verdict(evaluation: dict[str, Any], seeds: list[int]) -> str:
-    """What the paired tests say, in words, counting only tests that survive Holm's correction."""
+    """What the paired tests say, in words, counting only tests that survive Holm's correction; then how
+    each trained method's average compares with the untrained model."""
     tests = evaluation["paired_tests"]
     if not tests:
         return f"No paired tests: {REFERENCE_METHOD} was not evaluated beside another method."
-    per_seed = len(tests) // len(seeds)
-    significant = [t for t in tests if t["p_holm"] < SIGNIFICANCE]
-    family = f"Holm's correction over the {per_seed} tests of each seed"
-    if not significant:
-        smallest = min(tests, key=lambda t: t["p"])
-        return (
-            f"No method differs from {REFERENCE_METHOD} on any dataset at p < {SIGNIFICANCE} after {family} "
-            f"(smallest raw p: {smallest['p']:.3g}, {smallest['method']} on {smallest['dataset']}). "
-            "At this sample size the differences between methods are within noise."
+    family = f"after Holm's correction over the {len(tests) // len(seeds)} tests of each seed"
+    several = len(seeds) > 1
+    trained = [t for t in tests if t["method"] != ZERO_SHOT]
+    sentences = [_trained_verdict(trained, family, several)] if trained else []
+    untrained = [t for t in tests if t["method"] == ZERO_SHOT]
+    if untrained:
+        significant = [t for t in untrained if t["p_holm"] < SIGNIFICANCE]
+        sentences.append(
+            f"The untrained model differs from {REFERENCE_METHOD} at p < {SIGNIFICANCE} {family} on: "
+            + "; ".join(_describe_test(t, several) for t in significant)
+            + "."
+            if significant
+            else f"The untrained model does not differ from {REFERENCE_METHOD} on any dataset at p < {SIGNIFICANCE}."
         )
-    listed = "; ".join(_describe_test(t, len(seeds) > 1) for t in significant)
-    return f"Differences from {REFERENCE_METHOD} significant at p < {SIGNIFICANCE} after {family}: {listed}."
+    sentences.append(_averages_against_zero_shot(evaluation))
+    return " ".join(s for s in sentences if s)
+
+
+def _trained_verdict(tests: list[dict[str, Any]], family: str, several_seeds: bool) -> str:
+    significant = [t for t in tests if t["p_holm"] < SIGNIFICANCE]
+    if significant:
+        listed = "; ".join(_describe_test(t, several_seeds) for t in significant)
+        return f"Trained methods that differ from {REFERENCE_METHOD} at p < {SIGNIFICANCE} {family}: {listed}."
+    smallest = min(tests, key=lambda t: t["p"])
+    return (
+        f"No trained method differs from {REFERENCE_METHOD} on any dataset at p < {SIGNIFICANCE} {family} "
+        f"(smallest raw p: {smallest['p']:.3g}, {smallest['method']} on {smallest['dataset']}): at this sample "
+        "size the differences between methods are within noise."
+    )
+
+
+def _averages_against_zero_shot(evaluation: dict[str, Any]) -> str:
+    averages = {c["method"]: c["mean"] for c in evaluation["cells"] if c["dataset"] == "avg"}
+    if ZERO_SHOT not in averages:
+        return ""
+    gaps = ", ".join(
+        f"{m} {100 * (a - averages[ZERO_SHOT]):+.1f}" for m, a in averages.items() if m != ZERO_SHOT and a is not None
+    )
+    return f"Average accuracy against the untrained model, in points: {gaps}."
 
 
 def _describe_test(test: dict[str, Any], several_seeds: bool) -> str:
-    where = f"{test['method']} on {test['dataset']}" + (f" (seed {test['seed']})" if several_seeds else "")
+    where = test["dataset"] if test["method"] == ZERO_SHOT else f"{test['method']} on {test['dataset']}"
+    where += f" (seed {test['seed']})" if several_seeds else ""
     return f"{where}: {100 * test['difference']:+.1f} points, p (Holm) = {test['p_holm']:.2g}"
 
 
@@ -362,6 +392,20 @@ def write_results(study: Study, page: Path, command: str, wall_time_s: float) ->
     assets = page.with_suffix("")
     assets.mkdir(parents=True, exist_ok=True)
     (assets / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return write_page(summary, page)
+
+
+def write_page(summary: dict[str, Any], page: Path) -> Path:
+    """The plots and the page from a summary (also after a change of layout: --render_only)."""
+    assets = page.with_suffix("")
     draw_plots(summary, assets)
     page.write_text(render_page(summary, assets.name), encoding="utf-8")
     return page
+
+
+def rewrite_page(page: Path) -> Path:
+    """Render the page again from the summary.json beside it, without running anything."""
+    path = page.with_suffix("") / SUMMARY_FILE
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: run the study first (without --render_only)")
+    return write_page(json.loads(path.read_text(encoding="utf-8")), page)

@@ -161,16 +161,32 @@ def test_a_rerun_skips_every_finished_part(tiny_study: tuple[Study, Path]) -> No
     assert first_time < total < first_time + 30
 
 
-def _evaluation(tests: list[dict]) -> dict:
-    return {"paired_tests": tests}
+def _evaluation(tests: list[dict], averages: dict[str, float]) -> dict:
+    cells = [{"method": m, "dataset": "avg", "mean": a} for m, a in averages.items()]
+    return {"paired_tests": tests, "cells": cells}
 
 
 def test_verdict_says_within_noise_only_when_no_test_survives_holm() -> None:
-    calm = [{"seed": 36, "method": "hira", "dataset": "boolq", "difference": 0.02, "p": 0.04, "p_holm": 0.3}]
-    assert "within noise" in verdict(_evaluation(calm), [36])
-    sharp = [{**calm[0], "p": 1e-5, "p_holm": 2e-5, "difference": 0.25}]
-    text = verdict(_evaluation(sharp), [36])
+    calm = {"seed": 36, "method": "hira", "dataset": "boolq", "difference": 0.02, "p": 0.04, "p_holm": 0.3}
+    untrained = {**calm, "method": "zero-shot", "difference": -0.4, "p": 1e-4, "p_holm": 3e-4}
+    averages = {"zero-shot": 0.30, "hira": 0.355, "lora": 0.34}
+    text = verdict(_evaluation([calm, untrained], averages), [36])
+    assert "No trained method differs from lora" in text and "within noise" in text
+    assert "The untrained model differs from lora at p < 0.05" in text and "boolq: -40.0 points" in text
+    assert "in points: hira +5.5, lora +4.0." in text
+    sharp = {**calm, "p": 1e-5, "p_holm": 2e-5, "difference": 0.25}
+    text = verdict(_evaluation([sharp], averages), [36])
     assert "within noise" not in text and "hira on boolq: +25.0 points" in text
+
+
+def test_render_only_rewrites_the_page_from_its_summary(tiny_study: tuple[Study, Path]) -> None:
+    _, page = tiny_study
+    before = page.read_text()
+    page.unlink()
+    (page.parent / "tiny" / "loss_curves.png").unlink()
+    assert cli.main(["reproduce", "--render_only", "--page", str(page)]) == 0
+    assert page.read_text() == before and (page.parent / "tiny" / "loss_curves.png").is_file()
+    assert cli.main(["reproduce", "--render_only", "--page", str(page.parent / "none.md")]) == 2
 
 
 COMMITTED_PAGE = Path(__file__).resolve().parents[1] / "docs" / "results" / "cpu-small.md"
