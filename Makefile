@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/peftbench demo --out demo_results --data_dir $(DATA_DIR)
 
-# The cpu-small study (about 75 min on 2 cores): writes reproduce_cpu-small/ and docs/results/cpu-small.md.
+# The cpu-small study (62 min on 2 cores, measured): writes reproduce_cpu-small/ and docs/results/cpu-small.md.
 reproduce: setup
 	$(VENV)/bin/peftbench reproduce --preset cpu-small --seeds $(SEEDS) --data_dir $(DATA_DIR)
 

@@ -149,7 +149,7 @@ def describe(study: Study) -> str:
     preset = study.preset
     lines = [f"# preset {preset.name}: {preset.summary}.", f"# seeds: {', '.join(map(str, study.seeds))}"]
     if preset.cost:
-        lines.append(f"# expected cost per seed: {preset.cost}")
+        lines.append(f"# cost: {preset.cost}")
     lines += [f"# learning rate of {m.peft_type}: {m.lr} ({m.lr_source})" for m in preset.methods]
     lines += [f"# compared with the official code: {d}" for d in preset.differences]
     lines += [step.command for step in study.steps()]
