@@ -29,6 +29,7 @@ from peftbench.stats import holm
 SUMMARY_FILE = "summary.json"
 ZERO_SHOT = "zero-shot"
 SIGNIFICANCE = 0.05
+MEMORY_MEASURES = {"peak_rss_gb": "peak resident memory (CPU)", "peak_gpu_mem_gb": "GPU max allocated"}
 
 
 # ---- gathering: result files -> summary ----------------------------------------------------------------------
@@ -80,9 +81,7 @@ def _run_summary(study: Study, seed: int, peft_type: str) -> dict[str, Any]:
         "run": str(run_dir.relative_to(study.out.resolve())),
         "train_time_s": end["train_time_s"],
         "peak_memory_gb": end[memory_key],
-        "memory_measure": {"peak_rss_gb": "peak resident memory (CPU)", "peak_gpu_mem_gb": "GPU max allocated"}[
-            memory_key
-        ],
+        "memory_measure": MEMORY_MEASURES[memory_key],
         "trainable_params": end["trainable_params"],
         "total_params": end["total_params"],
         "steps": end["global_step"],
@@ -98,7 +97,7 @@ def _run_summary(study: Study, seed: int, peft_type: str) -> dict[str, Any]:
             {k: e[k] for k in ("step", "loss", "eval_loss") if k in e}
             for e in history
             if "loss" in e or "eval_loss" in e
-        ],  # fmt: skip
+        ],
     }
 
 
