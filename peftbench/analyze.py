@@ -15,14 +15,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from peftbench.config import METHODS
+from peftbench.config import METHODS, ZERO_SHOT
 from peftbench.data.registry import benchmark_names
 from peftbench.errors import UserError
 from peftbench.plots import accuracy_bars, loss_curves
 from peftbench.runs import read_records
 from peftbench.stats import PairedTest, average_ci, bootstrap_ci, mcnemar
 
-METHOD_ORDER = ("zero-shot", *METHODS)
+METHOD_ORDER = (ZERO_SHOT, *METHODS)
 REFERENCE_METHOD = "lora"  # paired tests compare every method with it
 
 
@@ -120,7 +120,12 @@ def _percent(cell: Cell | None) -> str:
 
 
 def _with_ci(cell: Cell | None) -> str:
-    return "-" if cell is None else f"{100 * cell.accuracy:.1f} [{100 * cell.ci_low:.1f}, {100 * cell.ci_high:.1f}]"
+    return "-" if cell is None else format_with_ci(cell.accuracy, cell.ci_low, cell.ci_high)
+
+
+def format_with_ci(accuracy: float, low: float, high: float) -> str:
+    """Accuracy and its interval in percent: '58.5 [52.0, 65.0]'."""
+    return f"{100 * accuracy:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def accuracy_table(records: list[dict[str, Any]]) -> AccuracyTable:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import shlex
 import sys
 import typing
@@ -146,10 +145,10 @@ def _data_list(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    # The offline demo reads local files only: without these, datasets/hub calls retry for minutes offline.
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from peftbench.demo import run_demo
+    from peftbench.models import use_local_files_only
+
+    use_local_files_only()  # the offline demo reads local files only
 
     run_demo(Path(args.out), args.data_dir, train_samples=args.train_samples, eval_samples=args.eval_samples)
 
@@ -157,12 +156,11 @@ def _demo(args: argparse.Namespace) -> None:
 def _reproduce(args: argparse.Namespace) -> None:
     from peftbench.presets import get_preset
     from peftbench.reproduce import Study, describe, reproduce, seeds_for
+    from peftbench.results_page import rewrite_page, write_results
 
     preset = get_preset(args.preset)
     page = Path(args.page or f"docs/results/{preset.name}.md")
     if args.render_only:
-        from peftbench.results_page import rewrite_page
-
         print(f"results page: {rewrite_page(page)}")
         return
     study = Study(preset, Path(args.out or f"reproduce_{preset.name}"), seeds_for(args.seeds), args.data_dir)
@@ -170,8 +168,6 @@ def _reproduce(args: argparse.Namespace) -> None:
         print(describe(study))
         return
     wall_time = reproduce(study)
-    from peftbench.results_page import write_results
-
     command = ["peftbench", "reproduce", "--preset", preset.name, "--seeds", str(args.seeds)]
     print(f"results page: {write_results(study, page, shlex.join(command), wall_time)}")
 

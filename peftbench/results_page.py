@@ -17,8 +17,15 @@ from typing import Any
 
 import torch
 
-from peftbench.analyze import REFERENCE_METHOD, AccuracyTable, accuracy_table, collect_results, to_markdown
-from peftbench.config import RunConfig
+from peftbench.analyze import (
+    REFERENCE_METHOD,
+    AccuracyTable,
+    accuracy_table,
+    collect_results,
+    format_with_ci,
+    to_markdown,
+)
+from peftbench.config import ZERO_SHOT, RunConfig
 from peftbench.errors import UserError
 from peftbench.plots import accuracy_bars, loss_curves
 from peftbench.presets import EvalPlan
@@ -27,7 +34,6 @@ from peftbench.runs import RUN_RECORD, environment_record, find_finished_run, re
 from peftbench.stats import holm
 
 SUMMARY_FILE = "summary.json"
-ZERO_SHOT = "zero-shot"
 SIGNIFICANCE = 0.05
 MEMORY_MEASURES = {"peak_rss_gb": "peak resident memory (CPU)", "peak_gpu_mem_gb": "GPU max allocated"}
 
@@ -158,8 +164,7 @@ def format_cell(cell: dict[str, Any], seeds: int) -> str:
     if cell["mean"] is None:
         return "-"
     if seeds == 1:
-        low, high = cell["ci95_per_seed"][0]
-        return f"{_percent(cell['mean'])} [{_percent(low)}, {_percent(high)}]"
+        return format_with_ci(cell["mean"], *cell["ci95_per_seed"][0])
     return f"{_percent(cell['mean'])} ± {_percent(cell['std'])}"
 
 
@@ -257,9 +262,9 @@ def _cost_rows(summary: dict[str, Any]) -> list[list[str]]:
     evaluations = summary["evaluations"]
     rows = [["method", "lr", "trainable params", "training time", "peak memory", "steps", "final train loss",
              "best validation loss", *(f"eval time ({e['mode']})" for e in evaluations)]]  # fmt: skip
-    zero_shot = [_minutes(e["eval_time_s"]["zero-shot"]) for e in evaluations if "zero-shot" in e["eval_time_s"]]
+    zero_shot = [_minutes(e["eval_time_s"][ZERO_SHOT]) for e in evaluations if ZERO_SHOT in e["eval_time_s"]]
     if zero_shot:
-        rows.append(["zero-shot", "-", "0", "-", "-", "-", "-", "-", *zero_shot])
+        rows.append([ZERO_SHOT, "-", "0", "-", "-", "-", "-", "-", *zero_shot])
     for method in summary["methods"]:
         runs = method["runs"]
         first = runs[0]
@@ -295,7 +300,7 @@ def base_parameters(summary: dict[str, Any]) -> int:
 def study_cost(summary: dict[str, Any]) -> tuple[float, float]:
     """Measured compute seconds of the zero-shot evaluations (run once) and of one seed of training + evaluation."""
     evaluations = summary["evaluations"]
-    once = sum(e["eval_time_s"].get("zero-shot", 0.0) for e in evaluations)
+    once = sum(e["eval_time_s"].get(ZERO_SHOT, 0.0) for e in evaluations)
     seeds = len(summary["seeds"])
     per_seed = sum(sum(r["train_time_s"] for r in m["runs"]) for m in summary["methods"]) / seeds
     per_seed += sum(e["eval_time_s"][m["method"]] for e in evaluations for m in summary["methods"])

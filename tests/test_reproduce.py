@@ -12,7 +12,7 @@ from peftbench import cli
 from peftbench.analyze import to_markdown
 from peftbench.config import RunConfig
 from peftbench.errors import TrainingInterrupted, UserError
-from peftbench.presets import CPU_SMALL, EvalPlan
+from peftbench.presets import CPU_SMALL, EvalPlan, Preset
 from peftbench.reproduce import STUDY_TIME_FILE, Study, reproduce, run_steps, seeds_for
 from peftbench.results_page import SUMMARY_FILE, accuracy_rows, render_page, verdict, write_results
 from peftbench.runs import read_records
@@ -73,7 +73,7 @@ def test_holm_adjustment() -> None:
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
-def _tiny_preset(model: Path) -> object:
+def _tiny_preset(model: Path) -> Preset:
     train = {"max_train_samples": 40, "val_set_size": 8, "batch": 8, "r_ab": 4, "eval_steps": 2, "logging_steps": 1,
              "target_modules": "q_proj,v_proj,down_proj", "max_length": 128}  # fmt: skip
     methods = tuple(dataclasses.replace(m, lr=m.lr * 10) for m in CPU_SMALL.methods)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from peftbench.checkpoint import load_trained
-from peftbench.config import EvalConfig
+from peftbench.config import ZERO_SHOT, EvalConfig
 from peftbench.data.prompts import build_prompt
 from peftbench.data.registry import DatasetSpec, get_dataset, resolve_names
 from peftbench.data.sources import Example, answer_options, load_test_examples
@@ -58,7 +58,7 @@ def load_eval_model(config: EvalConfig) -> EvalModel:
         model = load_base_model(base_path, precision.dtype)
         tokenizer = load_tokenizer(base_path)
         output_dir = Path(config.output_dir)
-        description = {"ckpt": None, "model_name": config.model_name, "peft_type": "zero-shot"}
+        description = {"ckpt": None, "model_name": config.model_name, "peft_type": ZERO_SHOT}
     processes = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: several CPU processes talk over gloo
     model.eval().to(processes.device)
     output_dir.mkdir(parents=True, exist_ok=True)
