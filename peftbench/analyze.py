@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ from peftbench.config import METHODS, ZERO_SHOT
 from peftbench.data.registry import benchmark_names
 from peftbench.errors import UserError
 from peftbench.plots import accuracy_bars, loss_curves
-from peftbench.runs import read_records
-from peftbench.stats import PairedTest, average_ci, bootstrap_ci, mcnemar
+from peftbench.runs import find_run_record, read_records
+from peftbench.stats import PairedTest, average_ci, bootstrap_ci, holm, mcnemar
 
 METHOD_ORDER = (ZERO_SHOT, *METHODS)
 REFERENCE_METHOD = "lora"  # paired tests compare every method with it
@@ -67,6 +67,7 @@ class AccuracyTable:
     datasets: list[str]
     cells: dict[tuple[str, str], Cell]
     records: dict[tuple[str, str], dict[str, Any]]
+    superseded: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # older results not used
 
     def average(self, method: str) -> Cell | None:
         present = [self.cells[(method, d)] for d in self.datasets if (method, d) in self.cells]
@@ -83,7 +84,7 @@ class AccuracyTable:
             cells = [self.cells.get((method, d)) for d in self.datasets]
             average = self.average(method)
             count = str(sum(c is not None for c in cells))
-            body.append([method, *(_percent(c) for c in cells), _percent(average), count])
+            body.append([method, *(_percent_with_n(c) for c in cells), _percent(average), count])
         return [header, *body]
 
     def rows_with_ci(self) -> list[list[str]]:
@@ -95,7 +96,10 @@ class AccuracyTable:
         return [header, *body]
 
     def paired_tests(self) -> dict[tuple[str, str], PairedTest]:
-        """Each method against LoRA, per dataset, on the examples both were scored on."""
+        """Each row against the LoRA row, per dataset, on the examples both were scored on. With several LoRA
+        rows (different models, learning rates, ...) there is no one reference, and no tests."""
+        if REFERENCE_METHOD not in self.methods:
+            return {}
         tests = {}
         for method in self.methods:
             for dataset in self.datasets:
@@ -119,6 +123,10 @@ def _percent(cell: Cell | None) -> str:
     return "-" if cell is None else f"{100 * cell.accuracy:.2f}"
 
 
+def _percent_with_n(cell: Cell | None) -> str:
+    return "-" if cell is None else f"{100 * cell.accuracy:.2f} (n={cell.n})"
+
+
 def _with_ci(cell: Cell | None) -> str:
     return "-" if cell is None else format_with_ci(cell.accuracy, cell.ci_low, cell.ci_high)
 
@@ -128,17 +136,70 @@ def format_with_ci(accuracy: float, low: float, high: float) -> str:
     return f"{100 * accuracy:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
+# What can differ between runs of one method, as (label, where it is read from the result or its run's config).
+VARIANT_FIELDS = (
+    ("model", "model_name"), ("lr", "run:lr"), ("seed", "run:seed"), ("r", "run:r_ab"),
+    ("targets", "run:target_modules"), ("train_data", "run:dataset"), ("train_samples", "run:max_train_samples"),
+    ("steps", "run:max_steps"), ("epochs", "run:epoch"), ("eval_samples", "eval:max_eval_samples"),
+    ("beams", "eval:beam_size"), ("new_tokens", "eval:max_new_tokens"), ("template", "prompt_template"),
+)  # fmt: skip
+
+
+def _run_config(record: dict[str, Any]) -> dict[str, Any]:
+    """The training configuration of the run a result's checkpoint came from ({} for zero-shot or unknown)."""
+    if not record.get("ckpt"):
+        return {}
+    try:
+        lines = read_records(find_run_record(Path(record["ckpt"])))
+    except (UserError, OSError):
+        return {}
+    return lines[0].get("config", {}) if lines else {}
+
+
+def _variant(record: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    run, eval_config = _run_config(record), record.get("eval_config", {})
+    sources = {"run": run, "eval": eval_config}
+    values = []
+    for label, where in VARIANT_FIELDS:
+        scope, _, key = where.rpartition(":")
+        values.append((label, str(sources[scope].get(key) if scope else record.get(key))))
+    return tuple(values)
+
+
+def _row_labels(records: list[dict[str, Any]]) -> list[str]:
+    """Each record's row: its method, plus whatever differs between that method's runs ('lora (lr=0.001)')."""
+    variants = [_variant(r) for r in records]
+    labels = []
+    for record, variant in zip(records, variants, strict=True):
+        method = record["peft_type"]
+        others = [v for r, v in zip(records, variants, strict=True) if r["peft_type"] == method]
+        differing = [i for i in range(len(variant)) if len({v[i][1] for v in others}) > 1]
+        suffix = ", ".join(f"{variant[i][0]}={variant[i][1]}" for i in differing)
+        labels.append(f"{method} ({suffix})" if suffix else method)
+    return labels
+
+
+def _timestamp(record: dict[str, Any]) -> str:
+    return record.get("environment", {}).get("time", "")
+
+
 def accuracy_table(records: list[dict[str, Any]]) -> AccuracyTable:
-    """One cell per (method, dataset); where a pair was evaluated more than once, the newest result counts."""
-    newest: dict[tuple[str, str], dict[str, Any]] = {}
-    for record in records:
-        key = (record["peft_type"], record["dataset"])
-        when = record.get("environment", {}).get("time", "")
-        if key not in newest or when >= newest[key].get("environment", {}).get("time", ""):
-            newest[key] = record
-    if not newest:
+    """One row per method and per setting that differs between its runs (model, learning rate, seed, sample
+    size, ...), never a mix of them. Where a row has several results for one dataset (runs that differ only by
+    when they ran), the newest counts and the others are listed in ``superseded``."""
+    if not records:
         raise UserError("no evaluation results (output_*_eval.jsonl) found in the given folders")
-    methods = sorted({m for m, _ in newest}, key=lambda m: (*METHOD_ORDER, m).index(m))
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for label, record in zip(_row_labels(records), records, strict=True):
+        grouped.setdefault((label, record["dataset"]), []).append({**record, "row": label})
+    newest, superseded = {}, {}
+    for key, group in grouped.items():
+        group.sort(key=_timestamp)
+        newest[key] = group[-1]
+        if len(group) > 1:
+            superseded[key] = [r["result_file"] for r in group[:-1]]
+    base_order = (*METHOD_ORDER,)
+    methods = sorted({m for m, _ in newest}, key=lambda m: (_method_rank(m, base_order), m))
     order = benchmark_names()
     datasets = sorted({d for _, d in newest}, key=lambda d: order.index(d) if d in order else len(order))
     cells = {}
@@ -146,7 +207,12 @@ def accuracy_table(records: list[dict[str, Any]]) -> AccuracyTable:
         outcomes = _outcomes(record)
         low, high = bootstrap_ci(list(outcomes.values()))
         cells[key] = Cell(record["accuracy"], low, high, outcomes)
-    return AccuracyTable(methods, datasets, cells, newest)
+    return AccuracyTable(methods, datasets, cells, newest, superseded)
+
+
+def _method_rank(label: str, order: tuple[str, ...]) -> int:
+    method = label.split(" (", 1)[0]
+    return order.index(method) if method in order else len(order)
 
 
 def to_markdown(rows: list[list[str]]) -> str:
@@ -162,14 +228,31 @@ def to_csv(rows: list[list[str]]) -> str:
     return buffer.getvalue()
 
 
-def _tests_markdown(tests: dict[tuple[str, str], PairedTest]) -> str:
+SIGNIFICANCE = 0.05  # family-wise, after Holm's correction over all of a report's tests
+
+
+def _tests_markdown(tests: dict[tuple[str, str], PairedTest], adjusted: list[float]) -> str:
     if not tests:
-        return f"(no paired tests: needs {REFERENCE_METHOD} and another method on the same dataset)\n"
-    rows = [["method", "dataset", "n", f"Δ acc vs {REFERENCE_METHOD} (pts)", "only method", "only lora", "p (McNemar)"]]
-    for (method, dataset), t in tests.items():
+        return f"(no paired tests: needs one {REFERENCE_METHOD} row and another method on the same dataset)\n"
+    header = ["method", "dataset", "n", f"Δ acc vs {REFERENCE_METHOD} (pts)", "only method", "only lora",
+              "p (McNemar)", "p (Holm)"]  # fmt: skip
+    rows = [header]
+    for ((method, dataset), t), p_holm in zip(tests.items(), adjusted, strict=True):
         rows.append([method, dataset, str(t.n), f"{100 * t.difference:+.1f}", str(t.only_first), str(t.only_second),
-                     f"{t.p_value:.3g}"])  # fmt: skip
+                     f"{t.p_value:.3g}", f"{p_holm:.3g}"])  # fmt: skip
     return to_markdown(rows)
+
+
+def _superseded_markdown(table: AccuracyTable) -> list[str]:
+    """Results of runs that differ from the one used only by when they ran."""
+    if not table.superseded:
+        return []
+    lines = ["\n## Superseded results\n", "Runs that differ from the one in the table only by when they ran; "
+             "the newest is used.\n"]  # fmt: skip
+    for (row, dataset), older in sorted(table.superseded.items()):
+        used = table.records[(row, dataset)]["result_file"]
+        lines.append(f"- {row} on {dataset}: used `{used}`; not used: " + ", ".join(f"`{f}`" for f in older))
+    return lines
 
 
 def write_report(table: AccuracyTable, out_dir: Path, mode: str) -> Path:
@@ -180,6 +263,7 @@ def write_report(table: AccuracyTable, out_dir: Path, mode: str) -> Path:
     bars = accuracy_bars(stats, table.methods, columns, out_dir / "accuracy.png")
     curves = loss_curves(table.loss_histories(), out_dir / "loss_curves.png")
     tests = table.paired_tests()
+    adjusted = holm([t.p_value for t in tests.values()])
     (out_dir / "stats.json").write_text(
         json.dumps(
             {
@@ -194,14 +278,23 @@ def write_report(table: AccuracyTable, out_dir: Path, mode: str) -> Path:
                     }
                     for (m, d), (a, lo, hi) in stats.items()
                 ],
-                "paired_tests": [{"method": m, "dataset": d, **asdict(t)} for (m, d), t in tests.items()],
+                "paired_tests": [
+                    {"method": m, "dataset": d, **asdict(t), "p_holm": p}
+                    for ((m, d), t), p in zip(tests.items(), adjusted, strict=True)
+                ],
+                "superseded": [
+                    {"method": m, "dataset": d, "used": table.records[(m, d)]["result_file"], "not_used": older}
+                    for (m, d), older in table.superseded.items()
+                ],
             },  # fmt: skip
             indent=1,
         )
     )
-    significant = [key for key, t in tests.items() if t.p_value < 0.05]
-    verdict = f"Differences from {REFERENCE_METHOD} significant at p < 0.05: " + (
-        ", ".join(f"{m} on {d}" for m, d in significant) if significant else "none; the gaps are within noise."
+    significant = [key for key, p in zip(tests, adjusted, strict=True) if p < SIGNIFICANCE]
+    verdict = (
+        f"Differences from {REFERENCE_METHOD} significant at p < {SIGNIFICANCE} after Holm's correction over "
+        f"the {len(tests)} tests: "
+        + (", ".join(f"{m} on {d}" for m, d in significant) if significant else "none; the gaps are within noise.")
     )
     report = [
         "# peftbench results",
@@ -209,9 +302,11 @@ def write_report(table: AccuracyTable, out_dir: Path, mode: str) -> Path:
         "percentile-bootstrap confidence intervals (2000 resamples; the average resamples each dataset).\n",
         to_markdown(table.rows_with_ci()),
         f"\n## Paired tests against {REFERENCE_METHOD}\n",
-        "Exact McNemar tests on the examples both methods were scored on.\n",
-        _tests_markdown(tests),
+        "Exact McNemar tests on the examples both methods were scored on; p (Holm) adjusts for testing every "
+        "method on every dataset.\n",
+        _tests_markdown(tests, adjusted),
         f"\n{verdict}\n",
+        *_superseded_markdown(table),
         "\n## Plots\n",
         f"![accuracy]({bars.name})\n",
     ]

@@ -261,27 +261,36 @@ def bench_eval(
     out: Path | None,
 ) -> dict[str, Any]:  # fmt: skip
     """Seconds per example of each way to score the same seeded examples, in one process."""
-    from peftbench.data.prompts import build_prompt
+    from peftbench.data.prompts import build_prompt, eval_prompt_ids, scored_sequences
     from peftbench.data.registry import get_dataset
     from peftbench.data.sources import answer_options, load_test_examples
     from peftbench.evaluate.generate import generate_responses
     from peftbench.evaluate.loglik import score_options, score_options_naive
     from peftbench.evaluate.runner import sample_indices
     from peftbench.models import load_base_model, load_tokenizer
+    from peftbench.protocols import HIRA
 
     path = resolve_model_path(model_name)
     model, tokenizer = load_base_model(path, torch.float32).eval().to(_device()), load_tokenizer(path)
     spec = get_dataset(dataset)
     pool = load_test_examples(dataset, data_dir).examples
     chosen = [pool[i] for i in sample_indices(len(pool), examples, seed=36)]
-    prompts = [build_prompt(e) for e in chosen]
-    responses = [[spec.response_template.format(answer=o) for o in answer_options(e, spec)] for e in chosen]
+    prompts = [build_prompt(e, HIRA) for e in chosen]
+    prompt_ids = eval_prompt_ids(tokenizer, prompts, HIRA)
+    sequences = [
+        scored_sequences(tokenizer, p, ids, [spec.response_template.format(answer=o) for o in answer_options(e, spec)],
+                         HIRA)
+        for e, p, ids in zip(chosen, prompts, prompt_ids, strict=True)
+    ]  # fmt: skip
 
     def loglik(score: Callable) -> Callable[[], Any]:
-        return lambda: [score(model, tokenizer, p, r).best() for p, r in zip(prompts, responses, strict=True)]
+        pad = tokenizer.pad_token_id
+        return lambda: [score(model, pad, len(i), s).best() for i, s in zip(prompt_ids, sequences, strict=True)]
 
     def generate(shared_prefill: bool) -> Callable[[], Any]:
-        return lambda: generate_responses(model, tokenizer, prompts, batch, beam_size, max_new_tokens, shared_prefill)
+        return lambda: generate_responses(
+            model, tokenizer, prompt_ids, batch, beam_size, max_new_tokens, shared_prefill
+        )
 
     setting = f"beam {beam_size}, {max_new_tokens} new tokens, batch {batch}"
     ways: dict[str, Callable[[], Any]] = {

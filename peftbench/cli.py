@@ -46,7 +46,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type, skip: 
         kind = _scalar_type(hints[field.name])
         options: dict[str, Any] = {"help": field.metadata.get("help"), "default": argparse.SUPPRESS}
         if kind is bool:
-            options["action"] = "store_true"
+            # A bool a protocol sets (default None) can be switched either way: --flag / --no-flag.
+            options["action"] = argparse.BooleanOptionalAction if field.default is None else "store_true"
         else:
             options["type"] = kind
             if "choices" in field.metadata:

@@ -8,6 +8,7 @@ that produced it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from peftbench.data.registry import get_dataset, resolve_names
 from peftbench.errors import UserError
+from peftbench.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
 
 METHODS = ("hira", "lora", "fft", "ia3")
 ZERO_SHOT = "zero-shot"  # the method label of a base model evaluated without training
@@ -25,6 +27,10 @@ BAD_RECORD_MODES = ("skip", "error")
 DEFAULT_MODEL = "EleutherAI/gpt-neo-1.3B"
 # The official HiRA code keeps its LLM-Adapters files here; PEFTBENCH_DATA_DIR overrides it.
 DEFAULT_DATA_DIR = "data_file/llm_adapt"
+
+
+# Defaults of settings that a protocol leaves open.
+RUN_FALLBACKS: dict[str, Any] = {"epoch": 1.0, "eval_steps": 80}
 
 
 def default_data_dir() -> str:
@@ -40,12 +46,20 @@ class RunConfig:
     """Everything that determines a training run; saved as the first line of output.jsonl."""
 
     peft_type: str = field(default="hira", metadata=_help("Method to train.", choices=METHODS))
+    protocol: str = field(
+        default=DEFAULT_PROTOCOL,
+        metadata=_help(
+            "Named set of prompt, tokenization, validation and default choices (README, 'Protocols'); any flag "
+            "given overrides its value.",
+            choices=tuple(PROTOCOLS),
+        ),
+    )
     model_name: str = field(
         default=DEFAULT_MODEL,
         metadata=_help("Base model: a Hugging Face hub id, a local directory, or 'smollm2-135m' (embedded)."),
     )
     dataset: str = field(default="common_170k", metadata=_help("Training dataset (see `peftbench data list`)."))
-    r_ab: int = field(default=32, metadata=_help("Rank of the A/B matrices (HiRA and LoRA)."))
+    r_ab: int | None = field(default=None, metadata=_help("Rank of A and B (HiRA, LoRA). Protocol default."))
     lora_alpha: float | None = field(default=None, metadata=_help("LoRA alpha; default 2 * r_ab."))
     lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout (LLM-Adapters uses 0.05)."))
     hira_dropout: float = field(default=0.0, metadata=_help("Dropout on HiRA's input."))
@@ -56,33 +70,36 @@ class RunConfig:
     target_modules: str = field(
         default="q_proj,v_proj", metadata=_help("Comma-separated module names to adapt (HiRA, LoRA, IA3).")
     )
-    batch: int = field(default=8, metadata=_help("Per-device batch size."))
-    grad_acc: int = field(default=1, metadata=_help("Gradient accumulation steps."))
-    lr: float = field(default=1e-4, metadata=_help("Peak learning rate."))
-    epoch: float = field(default=1.0, metadata=_help("Number of training epochs."))
-    warmup: int = field(default=0, metadata=_help("Linear warm-up steps."))
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
+    batch: int | None = field(default=None, metadata=_help("Per-device batch size. Protocol default."))
+    grad_acc: int | None = field(default=None, metadata=_help("Gradient accumulation steps. Protocol default."))
+    lr: float | None = field(default=None, metadata=_help("Peak learning rate. Protocol default."))
+    epoch: float | None = field(default=None, metadata=_help("Number of training epochs (default 1)."))
+    warmup: int | None = field(default=None, metadata=_help("Linear warm-up steps. Protocol default."))
+    weight_decay: float | None = field(default=None, metadata=_help("AdamW weight decay. Protocol default."))
     load_bit: int = field(
         default=16,
         metadata=_help("16: bf16 where supported, else fp16 on GPU / fp32 on CPU; 32: fp32.", choices=(16, 32)),
     )
     enable_grad_ckpt: bool = field(default=False, metadata=_help("Enable gradient checkpointing."))
     seed: int = field(default=36, metadata=_help("Random seed (data split, init, data order)."))
-    eval_strategy: str = field(
-        default="steps", metadata=_help("When to compute validation loss.", choices=EVAL_STRATEGIES)
+    eval_strategy: str | None = field(
+        default=None, metadata=_help("When to compute validation loss. Protocol default.", choices=EVAL_STRATEGIES)
     )
-    eval_steps: int = field(default=80, metadata=_help("Validation (and checkpoint) interval in optimizer steps."))
+    eval_steps: int | None = field(
+        default=None, metadata=_help("Validation (and checkpoint) interval in optimizer steps (default 80).")
+    )
     save_total_limit: int | None = field(
-        default=None, metadata=_help("Keep at most this many checkpoints (the best is always kept).")
+        default=None,
+        metadata=_help("Keep at most this many checkpoints (the best is always kept). Protocol default; 0: all."),
     )
     output_folder: str | None = field(
         default=None, metadata=_help("Parent folder of the run; default results_{peft_type}.")
     )
     max_length: int = field(default=256, metadata=_help("Maximum tokens per training example."))
     val_set_size: int = field(default=120, metadata=_help("Examples held out of the training data for validation."))
-    train_on_inputs: bool = field(
-        default=False,
-        metadata=_help("Also train on prompt tokens (LLM-Adapters' behaviour); default: loss on the response only."),
+    train_on_inputs: bool | None = field(
+        default=None,
+        metadata=_help("Train on the prompt tokens too (--no-train_on_inputs: the answer only). Protocol default."),
     )
     max_steps: int = field(
         default=-1, metadata=_help("Stop after this many optimizer steps (-1: train --epoch epochs).")
@@ -111,6 +128,7 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
+        self._fill_protocol_defaults()
         self.peft_type = self.peft_type.lower()
         if self.peft_type not in METHODS:
             raise UserError(f"unknown --peft_type {self.peft_type!r}; choose one of {', '.join(METHODS)}")
@@ -122,7 +140,12 @@ class RunConfig:
         if self.eval_strategy not in EVAL_STRATEGIES:
             raise UserError(f"--eval_strategy must be one of {', '.join(EVAL_STRATEGIES)}, got {self.eval_strategy!r}")
         _require_positive(
-            batch=self.batch, grad_acc=self.grad_acc, eval_steps=self.eval_steps, max_length=self.max_length
+            batch=self.batch,
+            grad_acc=self.grad_acc,
+            eval_steps=self.eval_steps,
+            max_length=self.max_length,
+            max_train_samples=self.max_train_samples,
+            logging_steps=self.logging_steps,
         )
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
@@ -136,6 +159,15 @@ class RunConfig:
             self.lora_alpha = 2.0 * self.r_ab
         if self.output_folder is None:
             self.output_folder = f"results_{self.peft_type}"
+
+    def _fill_protocol_defaults(self) -> None:
+        """Every setting left unset takes its protocol's value, then peftbench's own default."""
+        protocol = get_protocol(self.protocol)
+        for name, value in {**RUN_FALLBACKS, **protocol.run_defaults}.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.save_total_limit == 0:
+            self.save_total_limit = None
 
     @property
     def target_module_list(self) -> list[str]:
@@ -163,9 +195,18 @@ class EvalConfig:
             choices=EVAL_MODES,
         ),
     )
+    protocol: str | None = field(
+        default=None,
+        metadata=_help(
+            "Prompt and decoding protocol; default: the checkpoint's own (hira for a base model).",
+            choices=tuple(PROTOCOLS),
+        ),
+    )
     batch: int = field(default=16, metadata=_help("Prompts per generation batch."))
-    beam_size: int = field(default=4, metadata=_help("Beams for generation."))
-    max_new_tokens: int = field(default=16, metadata=_help("Maximum generated tokens per answer."))
+    beam_size: int | None = field(default=None, metadata=_help("Beams for generation. Protocol default (4)."))
+    max_new_tokens: int | None = field(
+        default=None, metadata=_help("Maximum generated tokens per answer. Protocol default (hira: 16).")
+    )
     max_eval_samples: int | None = field(
         default=None, metadata=_help("Evaluate a seeded sample of this many examples.")
     )
@@ -193,6 +234,13 @@ class EvalConfig:
         )
         if self.ckpt is None and self.output_dir is None:
             raise UserError("zero-shot evaluation (--model_name) needs --output_dir")
+
+    def with_protocol(self, name: str) -> EvalConfig:
+        """This configuration with the protocol fixed (the checkpoint's, unless --protocol was given) and the
+        decoding settings left unset taken from it."""
+        protocol = get_protocol(self.protocol or name)
+        unset = {k: v for k, v in protocol.eval_defaults.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, protocol=protocol.name, **unset)
 
 
 def _require_positive(**values: int | None) -> None:

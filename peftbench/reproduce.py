@@ -34,6 +34,7 @@ from peftbench.config import ZERO_SHOT, RunConfig
 from peftbench.errors import TrainingInterrupted, UserError
 from peftbench.models import use_local_files_only
 from peftbench.presets import EvalPlan, Preset
+from peftbench.protocols import HIRA
 from peftbench.runs import find_finished_run, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -127,14 +128,20 @@ class Study:
 
 
 def to_flags(settings: dict[str, Any]) -> list[str]:
-    """Command-line flags for config fields: a true bool is a bare flag; None and False are left out."""
+    """Command-line flags for config fields: a true bool is a bare flag; a false one is left out, or --no-NAME
+    where a protocol sets it (default None); None is left out."""
     flags = []
     for name, value in settings.items():
         if value is True:
             flags.append(f"--{name}")
+        elif value is False and name in PROTOCOL_BOOLS:
+            flags.append(f"--no-{name}")
         elif value is not None and value is not False:
             flags += [f"--{name}", str(value)]
     return flags
+
+
+PROTOCOL_BOOLS = {name for name, value in HIRA.run_defaults.items() if isinstance(value, bool)}
 
 
 def seeds_for(count: int) -> tuple[int, ...]:

@@ -19,6 +19,7 @@ import torch
 
 from peftbench.analyze import (
     REFERENCE_METHOD,
+    SIGNIFICANCE,
     AccuracyTable,
     accuracy_table,
     collect_results,
@@ -34,7 +35,6 @@ from peftbench.runs import RUN_RECORD, environment_record, find_finished_run, re
 from peftbench.stats import holm
 
 SUMMARY_FILE = "summary.json"
-SIGNIFICANCE = 0.05
 MEMORY_MEASURES = {"peak_rss_gb": "peak resident memory (CPU)", "peak_gpu_mem_gb": "GPU max allocated"}
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +24,39 @@ from accelerate.utils import broadcast_object_list
 from peftbench.config import RunConfig
 from peftbench.errors import UserError
 
+logger = logging.getLogger(__name__)
+
 RUN_RECORD = "output.jsonl"
 RESUME_FIELDS = ("resume", "resume_from_checkpoint")  # may differ between a run and its resumption
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
+    """One JSON line, on disk before this returns: a crash can tear at most the line being written."""
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Every record of a JSONL file (a run's output.jsonl, an evaluation result), blank lines ignored."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Every record of a JSONL file (a run's output.jsonl, an evaluation result), blank lines ignored.
+
+    A line that does not parse (torn by a killed process) is skipped with a warning naming file and line,
+    so one bad line never makes the rest of the folder unreadable."""
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            logger.warning("%s line %d: skipped, not valid JSON (%s); a torn write?", path, number, exc.msg)
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            logger.warning("%s line %d: skipped, not a JSON object", path, number)
+    return records
 
 
 def find_run_record(ckpt: Path) -> Path:
@@ -48,6 +71,8 @@ def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint folder; a run folder gives its best checkpoint, a results folder its newest run's."""
     if not path.exists():
         raise UserError(f"--ckpt {path} does not exist")
+    if not path.is_dir():
+        raise UserError(f"--ckpt {path} is a file; give a checkpoint-N folder, a run folder or a results folder")
     if (path / "adapter_config.json").is_file() or (path / "config.json").is_file():
         return path
     record = path / RUN_RECORD
@@ -79,10 +104,18 @@ def timestamp() -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file and rename, so a reader never sees half a result."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    """Write to a uniquely named temporary file and rename, so a reader never sees half a result and two
+    writers of the same file (two evaluations of one checkpoint) never write into each other's file."""
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 def environment_record() -> dict[str, Any]:

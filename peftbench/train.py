@@ -20,13 +20,7 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
-from transformers import (
-    DataCollatorForSeq2Seq,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import DataCollatorForSeq2Seq, TrainerCallback, TrainerState, TrainingArguments, set_seed
 
 from peftbench.config import RunConfig
 from peftbench.data.pipeline import build_datasets
@@ -35,6 +29,7 @@ from peftbench.guards import DiskSpaceGuard, DivergenceGuard, InterruptSaver
 from peftbench.methods import get_method
 from peftbench.models import choose_precision, count_parameters, load_base_model, load_tokenizer, resolve_model_path
 from peftbench.runs import RUN_RECORD, append_record, choose_run_folder, environment_record
+from peftbench.validation import TokenWeightedTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +139,7 @@ def train(config: RunConfig) -> TrainResult:
                     "config": dataclasses.asdict(config),
                     "model_path": model_path,
                     "precision": precision.name,
+                    "precision_policy": precision.policy(parameters["trainable_params"]),
                     "parameters": parameters,
                     "data": data_info,
                     "processes": processes.num_processes,
@@ -154,7 +150,7 @@ def train(config: RunConfig) -> TrainResult:
 
     interrupt, divergence = InterruptSaver(), DivergenceGuard()
     disk = DiskSpaceGuard(model, run_dir, saves_full_model=method.full_finetune)
-    trainer = Trainer(
+    trainer = TokenWeightedTrainer(
         model=model,
         args=args,
         train_dataset=train_data,
@@ -171,12 +167,14 @@ def train(config: RunConfig) -> TrainResult:
 
     trainer.save_state()  # trainer_state.json in the run folder
     checkpoint = Path(state.best_model_checkpoint or run_dir / f"checkpoint-{state.global_step}")
+    selection = _checkpoint_selection(args, state)
     metrics = {
         "event": "train_end",
         "train_loss": output.training_loss,
         "global_step": state.global_step,
         "best_eval_loss": state.best_metric,
         "best_checkpoint": str(checkpoint),
+        "checkpoint_selection": selection,
         "train_time_s": round(train_time, 2),
         "train_samples_per_s": output.metrics.get("train_samples_per_second"),
         **peak_memory(),
@@ -187,6 +185,17 @@ def train(config: RunConfig) -> TrainResult:
         append_record(record_path, metrics)
     logger.info("training done in %.1f s; checkpoint to evaluate: %s", train_time, checkpoint)
     return TrainResult(run_dir=run_dir, checkpoint=checkpoint, metrics=metrics)
+
+
+def _checkpoint_selection(args: TrainingArguments, state: TrainerState) -> str:
+    """How the checkpoint to evaluate was chosen; says so when validation could not choose one."""
+    if not args.load_best_model_at_end:
+        return "last (no validation)"
+    if state.best_model_checkpoint is not None:
+        return f"best {args.metric_for_best_model} on the validation set"
+    why = "validation never ran" if state.best_metric is None else f"every validation gave {state.best_metric}"
+    logger.warning("no checkpoint could be chosen by validation (%s): evaluating the last one", why)
+    return f"last: no checkpoint could be chosen by validation ({why})"
 
 
 def _raise_if_stopped(

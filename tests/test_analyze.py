@@ -10,8 +10,17 @@ import pytest
 from peftbench.analyze import analyze
 
 
-def write_result(folder: Path, method: str, dataset: str, correct: list[bool], mode: str = "generate") -> None:
-    run = folder / f"results_{method}" / f"m-common_170k-{method}-run"
+def write_result(
+    folder: Path,
+    method: str,
+    dataset: str,
+    correct: list[bool],
+    mode: str = "generate",
+    model: str = "m",
+    run_name: str = "run",
+    time: str = "2026-11-29T10:00:00",
+) -> None:
+    run = folder / f"results_{method}" / f"{model}-common_170k-{method}-{run_name}"
     checkpoint = run / "checkpoint-10"
     checkpoint.mkdir(parents=True, exist_ok=True)
     suffix = "" if mode == "generate" else "_loglik"
@@ -19,7 +28,7 @@ def write_result(folder: Path, method: str, dataset: str, correct: list[bool], m
     (checkpoint / f"predictions_{dataset}{suffix}.json").write_text(json.dumps(predictions))
     record = {"dataset": dataset, "peft_type": method, "mode": mode, "accuracy": sum(correct) / len(correct),
               "ckpt": str(checkpoint), "predictions_file": f"predictions_{dataset}{suffix}.json",
-              "environment": {"time": "2026-11-29T10:00:00"}}  # fmt: skip
+              "model_name": model, "environment": {"time": time}}  # fmt: skip
     (checkpoint / f"output_{dataset}{suffix}_eval.jsonl").write_text(json.dumps(record) + "\n")
     history = [{"step": s, "loss": 2.0 / s} for s in range(1, 11)] + [{"step": 10, "eval_loss": 0.5}]
     (run / "trainer_state.json").write_text(json.dumps({"log_history": history}))
@@ -40,8 +49,8 @@ def test_table_intervals_tests_plots_and_report(results: Path, tmp_path: Path) -
     markdown = analyze([results], out)
     assert (out / "accuracy.csv").read_text().splitlines() == [
         "method,boolq,piqa,avg,n_datasets",
-        "hira,90.00,75.00,82.50,2",
-        "lora,50.00,75.00,62.50,2",
+        "hira,90.00 (n=200),75.00 (n=100),82.50,2",
+        "lora,50.00 (n=200),75.00 (n=100),62.50,2",
     ]
     assert markdown == (out / "accuracy.md").read_text()
 
@@ -59,9 +68,33 @@ def test_table_intervals_tests_plots_and_report(results: Path, tmp_path: Path) -
         assert data.startswith(b"\x89PNG") and len(data) > 5000
     report = (out / "report.md").read_text()
     assert "![accuracy](accuracy.png)" in report and "![loss curves](loss_curves.png)" in report
-    assert "| hira | 90.0 [" in report and "significant at p < 0.05: hira on boolq" in report
+    assert "| hira | 90.0 [" in report
+    assert "significant at p < 0.05 after Holm's correction over the 2 tests: hira on boolq" in report
+    assert tests[("hira", "boolq")]["p_holm"] == pytest.approx(2 * tests[("hira", "boolq")]["p_value"])
 
 
 def test_loglik_results_are_analysed_separately(results: Path, tmp_path: Path) -> None:
     analyze([results], tmp_path / "loglik", mode="loglik")
-    assert (tmp_path / "loglik" / "accuracy.csv").read_text().splitlines()[1] == "hira,100.00,100.00,1"
+    assert (tmp_path / "loglik" / "accuracy.csv").read_text().splitlines()[1] == "hira,100.00 (n=100),100.00,1"
+
+
+def test_runs_that_differ_get_their_own_rows_and_reruns_are_named(tmp_path: Path) -> None:
+    write_result(tmp_path, "lora", "boolq", [i % 2 == 0 for i in range(200)], model="model-a")
+    write_result(tmp_path, "lora", "boolq", [i % 4 != 0 for i in range(200)], model="model-b")
+    write_result(tmp_path, "hira", "boolq", [i % 5 != 0 for i in range(200)], run_name="old", time="2026-11-28")
+    write_result(tmp_path, "hira", "boolq", [i % 10 != 0 for i in range(200)], run_name="new", time="2026-11-29")
+    out = tmp_path / "analysis"
+    analyze([tmp_path], out)
+    rows = (out / "accuracy.csv").read_text().splitlines()[1:]
+    assert rows == [
+        "hira,90.00 (n=200),90.00,1",  # the newer of two runs that differ only by when they ran
+        "lora (model=model-a),50.00 (n=200),50.00,1",
+        "lora (model=model-b),75.00 (n=200),75.00,1",
+    ]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["paired_tests"] == []  # two LoRA rows: no single reference
+    (superseded,) = stats["superseded"]
+    assert (
+        superseded["method"] == "hira" and "hira-old" in superseded["not_used"][0] and "hira-new" in superseded["used"]
+    )
+    assert "## Superseded results" in (out / "report.md").read_text()

@@ -34,7 +34,9 @@ def trained_run(tiny_neo: Path, data_dir: str, tmp_path_factory: pytest.TempPath
         "--batch=4", "--grad_acc=2", "--lr=1e-2", "--epoch=1", "--load_bit=16", "--enable_grad_ckpt",
         "--dataset=common_170k", "--seed=36", "--warmup=2", "--eval_strategy=steps", "--eval_steps=4",
         "--max_steps=8", "--max_train_samples=96", "--val_set_size=16", "--logging_steps=1", f"--data_dir={data_dir}",
-        "--output_folder=results_lora", cwd=workdir,
+        "--output_folder=results_lora",
+        "--save_total_limit=0",  # keep every checkpoint: the hira protocol keeps only the best (official default 1)
+        cwd=workdir,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (workdir / "results_lora").iterdir()
@@ -53,6 +55,8 @@ def test_training_writes_the_specification_layout(trained_run: Path) -> None:
     first, last = [json.loads(line) for line in (trained_run / "output.jsonl").read_text().splitlines()]
     assert first["config"]["peft_type"] == "lora" and first["config"]["r_ab"] == 4 and first["config"]["lr"] == 0.01
     assert first["config"]["train_on_inputs"] is False and first["data"]["train_on_inputs"] is False
+    assert first["config"]["protocol"] == "hira" and first["data"]["validation_rule"] == "shuffle-tail (seed 58)"
+    assert first["config"]["weight_decay"] == 0.01 and first["precision_policy"]["weights"] == "float32"
     assert first["data"]["train_examples"] == 96 and first["data"]["validation_examples"] == 16
     assert first["precision"] == "float32"  # --load_bit 16 on CPU
     hidden, layers, r = 64, 2, 4
@@ -97,7 +101,8 @@ def test_analysis_table_over_methods(trained_run: Path, tmp_path: Path) -> None:
     record = json.loads((trained_run / "checkpoint-8" / "output_boolq_eval.jsonl").read_text())
     csv_rows = (tmp_path / "accuracy.csv").read_text().splitlines()
     assert csv_rows[0] == "method,boolq,avg,n_datasets"
-    assert csv_rows[1] == f"lora,{100 * record['accuracy']:.2f},{100 * record['accuracy']:.2f},1"
+    accuracy = f"{100 * record['accuracy']:.2f}"
+    assert csv_rows[1] == f"lora,{accuracy} (n={record['total']}),{accuracy},1"
     assert "| lora |" in result.stdout and (tmp_path / "accuracy.md").read_text() in result.stdout
 
 

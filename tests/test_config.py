@@ -49,7 +49,8 @@ def test_eval_config_needs_exactly_one_model_source() -> None:
         EvalConfig()
     with pytest.raises(UserError, match="needs --output_dir"):
         EvalConfig(model_name="smollm2-135m")
-    assert EvalConfig(ckpt="x").beam_size == 4
+    assert EvalConfig(ckpt="x").with_protocol("hira").beam_size == 4
+    assert EvalConfig(ckpt="x", max_new_tokens=5).with_protocol("llm-adapters").max_new_tokens == 5
 
 
 def test_run_config_round_trips_through_output_jsonl(tmp_path) -> None:

@@ -2,24 +2,13 @@ import json
 import logging
 
 import pytest
-from tiny import LLM_ADAPTERS, make_tokenizer
+from tiny import LLM_ADAPTERS
 
-from peftbench.data.prompts import IGNORE_INDEX, build_prompt, tokenize_batch
 from peftbench.data.registry import benchmark_names, get_dataset
 from peftbench.data.sources import load_test_examples, load_train_examples
 from peftbench.errors import UserError
 
 EXAMPLE = {"instruction": "Is the sky blue?", "input": "", "output": "the correct answer is true", "answer": "true"}
-
-
-def tokenize_example(example: dict, tokenizer, max_length: int, train_on_inputs: bool) -> dict:
-    columns = tokenize_batch({key: [value] for key, value in example.items()}, tokenizer, max_length, train_on_inputs)
-    return {key: values[0] for key, values in columns.items()}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return make_tokenizer()
 
 
 def test_nine_benchmarks_and_the_aliases_of_the_official_code() -> None:
@@ -35,36 +24,6 @@ def test_nine_benchmarks_and_the_aliases_of_the_official_code() -> None:
 def test_unknown_dataset_lists_the_known_ones() -> None:
     with pytest.raises(UserError, match="unknown dataset 'mmlu'; known datasets: boolq, piqa"):
         get_dataset("mmlu")
-
-
-def test_template_is_llm_adapters_alpaca_template() -> None:
-    assert build_prompt(EXAMPLE) == (
-        "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\nIs the sky blue?\n\n### Response:\n"
-    )
-    with_input = build_prompt({**EXAMPLE, "input": "context"})
-    assert "paired with an input" in with_input and "### Input:\ncontext\n\n### Response:\n" in with_input
-
-
-def test_labels_mask_exactly_the_prompt(tokenizer) -> None:
-    encoded = tokenize_example(EXAMPLE, tokenizer, max_length=256, train_on_inputs=False)
-    prompt_ids = tokenizer(build_prompt(EXAMPLE))["input_ids"]
-    n_prompt = len(prompt_ids)
-    assert encoded["input_ids"][:n_prompt] == prompt_ids
-    assert encoded["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
-    assert encoded["labels"][n_prompt:] == encoded["input_ids"][n_prompt:]
-    assert encoded["input_ids"][-1] == tokenizer.eos_token_id
-    assert tokenizer.decode(encoded["labels"][n_prompt:-1]) == EXAMPLE["output"]
-
-
-def test_train_on_inputs_keeps_every_label(tokenizer) -> None:
-    encoded = tokenize_example(EXAMPLE, tokenizer, max_length=256, train_on_inputs=True)
-    assert encoded["labels"] == encoded["input_ids"]
-
-
-def test_truncated_example_gets_no_eos(tokenizer) -> None:
-    encoded = tokenize_example(EXAMPLE, tokenizer, max_length=10, train_on_inputs=True)
-    assert len(encoded["input_ids"]) == 10 and tokenizer.eos_token_id not in encoded["input_ids"]
 
 
 def test_local_test_sets_load_with_their_counts(data_dir) -> None:
@@ -113,7 +72,10 @@ def test_missing_data_names_what_was_looked_for(tmp_path) -> None:
             {"instruction": "q", "output": "the correct answer is maybe", "answer": "maybe"},
             "answer 'maybe', not one of",
         ),
-        ({"instruction": "", "output": "o", "answer": "true"}, "test.json: example 1: lacks instruction"),
+        (
+            {"instruction": "", "output": "o", "answer": "true"},
+            r"test.json: 1 bad record\(s\): example 1: lacks instruction",
+        ),
     ],
 )
 def test_bad_records_are_refused_with_file_and_index(tmp_path, record: dict, message: str) -> None:
@@ -175,7 +137,8 @@ def test_bad_lines_of_release_files_are_skipped_or_refused_with_their_line(tmp_p
     good = {"sentence": "_ won.", "option1": "Ann", "option2": "Bo", "answer": "1"}
     lines = [good, "{broken", {**good, "answer": "3"}, {"sentence": "_"}]
     path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines))
-    with pytest.raises(UserError, match=r"winogrande/dev.jsonl: line 2: not valid JSON .*\(and 2 more\)"):
+    every_line = r"winogrande/dev.jsonl: 3 bad record\(s\): line 2: not valid JSON .*; line 3: label .*; line 4: not in"
+    with pytest.raises(UserError, match=every_line):
         load_test_examples("winogrande", str(tmp_path))
     loaded = load_test_examples("winogrande", str(tmp_path), on_bad="skip")
     assert len(loaded.examples) == 1 and loaded.skipped == 3

@@ -3,12 +3,13 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from peftbench.data.prompts import build_prompt
+from peftbench.data.prompts import build_prompt, eval_prompt_ids
 from peftbench.data.sources import load_test_examples
 from peftbench.errors import UserError
 from peftbench.evaluate.generate import generate_responses
 from peftbench.evaluate.runner import sample_indices
 from peftbench.models import load_tokenizer
+from peftbench.protocols import HIRA
 from peftbench.runs import resolve_checkpoint
 
 
@@ -19,7 +20,8 @@ def test_batched_generation_equals_one_prompt_at_a_time(architecture: str, beam_
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = load_tokenizer(str(model_dir))
     examples = load_test_examples("piqa", data_dir).examples
-    prompts = [build_prompt(e) for e in examples[:5]] + ["Short prompt?"]  # very different lengths -> padding
+    texts = [build_prompt(e, HIRA) for e in examples[:5]] + ["Short prompt?"]  # very different lengths -> padding
+    prompts = eval_prompt_ids(tokenizer, texts, HIRA)
     one_by_one = generate_responses(model, tokenizer, prompts, 1, beam_size, 6)
     batched = generate_responses(model, tokenizer, prompts, 4, beam_size, 6)
     assert batched == one_by_one
@@ -33,7 +35,7 @@ def test_encoding_each_prompt_once_gives_plain_beam_search_output(architecture: 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = load_tokenizer(str(model_dir))
     examples = load_test_examples("arc_easy", data_dir).examples
-    prompts = [build_prompt(e) for e in examples[:6]]
+    prompts = eval_prompt_ids(tokenizer, [build_prompt(e, HIRA) for e in examples[:6]], HIRA)
     shared = generate_responses(model, tokenizer, prompts, 3, 4, 8, shared_prefill=True)
     plain = generate_responses(model, tokenizer, prompts, 3, 4, 8, shared_prefill=False)
     assert shared == plain and len(set(plain)) > 1

@@ -8,11 +8,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from peftbench.data.prompts import build_prompt
+from peftbench.data.prompts import build_prompt, eval_prompt_ids, scored_sequences
 from peftbench.data.registry import get_dataset
 from peftbench.data.sources import answer_options, load_test_examples
 from peftbench.evaluate.loglik import OptionScores, score_options, score_options_naive
 from peftbench.models import load_tokenizer
+from peftbench.protocols import PROTOCOLS
 
 
 @pytest.fixture(scope="module", params=["tiny_neo", "tiny_llama"])
@@ -21,14 +22,26 @@ def model_and_tokenizer(request):
     return AutoModelForCausalLM.from_pretrained(model_dir).eval(), load_tokenizer(str(model_dir))
 
 
-def test_scores_equal_a_hand_computed_sum_of_token_logprobs(model_and_tokenizer) -> None:
+def _inputs(tokenizer, example: dict, responses: list[str], protocol: str = "hira") -> tuple[list[int], list]:
+    prompt = build_prompt(example, PROTOCOLS[protocol])
+    (prompt_ids,) = eval_prompt_ids(tokenizer, [prompt], PROTOCOLS[protocol])
+    return prompt_ids, scored_sequences(tokenizer, prompt, prompt_ids, responses, PROTOCOLS[protocol])
+
+
+@pytest.mark.parametrize("protocol", ["hira", "llm-adapters"])
+def test_scores_equal_a_hand_computed_sum_of_token_logprobs(model_and_tokenizer, protocol: str) -> None:
     model, tokenizer = model_and_tokenizer
-    prompt = build_prompt({"instruction": "Is water wet?\n\nAnswer format: true/false", "input": ""})
+    example = {"instruction": "Is water wet?\n\nAnswer format: true/false", "input": ""}
     responses = ["the correct answer is true", "the correct answer is false"]
-    scores = score_options(model, tokenizer, prompt, responses)
+    prompt_ids, sequences = _inputs(tokenizer, example, responses, protocol)
+    scores = score_options(model, tokenizer.pad_token_id, len(prompt_ids), sequences)
     for response, logprob, count in zip(responses, scores.logprobs, scores.token_counts, strict=True):
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        ids = tokenizer(prompt + response)["input_ids"]
+        prompt = build_prompt(example, PROTOCOLS[protocol])
+        if protocol == "hira":  # BOS + prompt, then the answer tokenized on its own (as in training)
+            prompt_ids = [tokenizer.bos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+            ids = prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"]
+        else:  # prompt and answer tokenized together
+            prompt_ids, ids = tokenizer(prompt)["input_ids"], tokenizer(prompt + response)["input_ids"]
         with torch.no_grad():
             log_probs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], dim=-1)
         by_hand = sum(log_probs[position - 1, ids[position]].item() for position in range(len(prompt_ids), len(ids)))
@@ -44,8 +57,9 @@ def test_fast_path_equals_naive_path(model_and_tokenizer, data_dir: str, dataset
     examples = load_test_examples(dataset, data_dir).examples
     for example in examples[:3]:
         responses = [spec.response_template.format(answer=o) for o in answer_options(example, spec)]
-        fast = score_options(model, tokenizer, build_prompt(example), responses)
-        naive = score_options_naive(model, tokenizer, build_prompt(example), responses)
+        prompt_ids, sequences = _inputs(tokenizer, example, responses)
+        fast = score_options(model, tokenizer.pad_token_id, len(prompt_ids), sequences)
+        naive = score_options_naive(model, tokenizer.pad_token_id, len(prompt_ids), sequences)
         assert fast.token_counts == naive.token_counts
         assert fast.logprobs == pytest.approx(naive.logprobs, abs=1e-3)
         assert fast.best() == naive.best() and fast.best(normalise=True) == naive.best(normalise=True)

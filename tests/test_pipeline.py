@@ -59,10 +59,18 @@ def test_prepare_writes_a_folder_that_works_as_data_dir(tmp_path, data_dir) -> N
 
 def test_stats_count_labels_lengths_and_truncation(tokenizer, data_dir) -> None:
     header, *rows = stats_rows(["boolq", "hellaswag"], data_dir, tokenizer, max_length=64)
-    assert header[-1] == "> 64 (truncated)"
+    assert header[-4:] == [
+        "hira: cut at 64",
+        "hira: answer lost",
+        "llm-adapters: cut at 64",
+        "llm-adapters: answer lost",
+    ]
     by_split = {(r[0], r[1]): r for r in rows}
-    assert by_split[("boolq", "test")][2] == "3270" and "false:38% true:62%" == by_split[("boolq", "test")][3]
-    assert ("hellaswag", "train") not in by_split  # no training set here
+    boolq = by_split[("boolq", "test")]
+    assert boolq[2] == "3270" and boolq[3] == "0" and "false:38% true:62%" == boolq[4]
+    # No training set here: shown with the reason, not left out.
+    assert by_split[("hellaswag", "train")][2].startswith("unavailable: no train data for hellaswag")
     hellaswag = by_split[("hellaswag", "test")]
-    p50, _, _, longest = (int(x) for x in hellaswag[4].split("/"))
-    assert 64 < p50 <= longest and int(hellaswag[5]) > 80  # most HellaSwag examples exceed 64 tokens
+    p50, _, _, longest = (int(x) for x in hellaswag[5].split("/"))
+    assert 64 < p50 <= longest and int(hellaswag[6]) > 80  # most HellaSwag examples exceed 64 tokens
+    assert hellaswag[7] == "0" and int(hellaswag[9]) > 80  # hira keeps every answer; llm-adapters loses them

@@ -48,9 +48,14 @@ def test_paper_preset_prints_the_specification_protocol(capsys: pytest.CaptureFi
     for flag in ("--r_ab 64", "--batch 8", "--grad_acc 32", "--lr 5e-05", "--warmup 100", "--enable_grad_ckpt"):
         assert flag in hira
     assert "--grad_acc 64" in next(t for t in trains if "--peft_type fft" in t)
+    ia3 = next(t for t in trains if "--peft_type ia3" in t)
+    assert "--eval_strategy" not in ia3 and "--warmup" not in ia3  # as the specification's IA3 command
+    assert all("--protocol hira" in t for t in trains)
     generation = [line for line in plan.splitlines() if "--eval_mode generate" in line]
-    assert len(generation) == 5 and all("--dataset all" in g and "--beam_size 4" in g for g in generation)
-    assert "A100" in plan and "--train_on_inputs" in plan
+    # Decoding is the protocol's: beam 4, 16 new tokens (no flag needed), deterministic.
+    assert len(generation) == 5 and all("--dataset all" in g and "--max_new_tokens" not in g for g in generation)
+    assert "A100" in plan and "Protocol hira" in plan
+    assert "sample" not in plan.replace("--max_eval_samples", "").replace("samples/s", "")  # no sampling claim
 
 
 def test_paper_preset_without_a_gpu_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -75,7 +80,7 @@ def test_holm_adjustment() -> None:
 
 def _tiny_preset(model: Path) -> Preset:
     train = {"max_train_samples": 40, "val_set_size": 8, "batch": 8, "r_ab": 4, "eval_steps": 2, "logging_steps": 1,
-             "target_modules": "q_proj,v_proj,down_proj", "max_length": 128}  # fmt: skip
+             "target_modules": "q_proj,v_proj,down_proj", "max_length": 128, "eval_strategy": "steps"}  # fmt: skip
     methods = tuple(dataclasses.replace(m, lr=m.lr * 10) for m in CPU_SMALL.methods)
     return dataclasses.replace(
         CPU_SMALL,

@@ -109,7 +109,8 @@ def test_checkpoint_limit_keeps_the_best(tiny_neo, data_dir, tmp_path):
     (run_dir,) = (tmp_path / "results").iterdir()
     best = Path(records(run_dir)[-1]["best_checkpoint"])
     kept = {p.name for p in run_dir.glob("checkpoint-*")}
-    assert best.name in kept and "checkpoint-12" in kept and len(kept) <= 2
+    # A finished run with a limit of 1 keeps the best; the Trainer keeps the last as well only while training.
+    assert best.name in kept and len(kept) <= 2
 
 
 def test_disk_guard_skips_a_checkpoint_that_would_not_fit(tiny_neo, tmp_path, monkeypatch):

@@ -16,12 +16,13 @@ DATA_DIR = f"{LLM_ADAPTERS},{SHARED_DATA}"  # --data_dir value that finds all ni
 
 def _corpus() -> list[str]:
     from peftbench.data.prompts import build_prompt
+    from peftbench.protocols import HIRA
 
     texts = []
     for folder in ("boolq", "ARC-Easy", "openbookqa", "piqa", "social_i_qa", "winogrande", "hellaswag"):
         path = next(p for p in (LLM_ADAPTERS / folder).glob("test*.json"))
         for example in json.loads(path.read_text())[:150]:
-            texts.append(build_prompt(example) + example["output"])
+            texts.append(build_prompt(example, HIRA) + example["output"])
     return texts
 
 

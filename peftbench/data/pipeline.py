@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,10 +16,11 @@ from datasets import Dataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
 from peftbench.config import RunConfig
-from peftbench.data.prompts import TEMPLATE_VERSION, tokenize_batch
+from peftbench.data.prompts import IGNORE_INDEX, PROMPT_CODE_HASH, tokenize_batch
 from peftbench.data.sources import load_train_examples
 from peftbench.errors import UserError
 from peftbench.models import cache_root
+from peftbench.protocols import Protocol, get_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,8 @@ def tokenization_key(data_sha256: str, config: RunConfig, tokenizer: PreTrainedT
         "data": data_sha256,
         "split": [config.val_set_size, config.seed, config.max_train_samples],
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "template": TEMPLATE_VERSION,
+        "protocol": get_protocol(config.protocol).settings(),
+        "prompt_code": PROMPT_CODE_HASH,
         "max_length": config.max_length,
         "train_on_inputs": config.train_on_inputs,
     }
@@ -59,19 +62,19 @@ def build_datasets(
     of the same data, split, tokenizer, template, length and masking starts at once.
     """
     loaded = load_train_examples(config.dataset, config.data_dir, config.on_bad_record)
-    data = Dataset.from_list(loaded.examples)
-    validation = None
-    if config.val_set_size > 0:
-        if config.val_set_size >= len(data):
-            raise UserError(f"--val_set_size {config.val_set_size} leaves no training data ({len(data)} examples)")
-        split = data.train_test_split(test_size=config.val_set_size, shuffle=True, seed=config.seed)
-        data, validation = split["train"], split["test"]
+    if not loaded.examples:
+        raise UserError(f"no training examples in {', '.join(loaded.origins)}")
+    protocol = get_protocol(config.protocol)
+    data, validation = hold_out_validation(
+        Dataset.from_list(loaded.examples), config.val_set_size, protocol, config.seed
+    )
     if config.max_train_samples is not None and config.max_train_samples < len(data):
         data = data.shuffle(seed=config.seed).select(range(config.max_train_samples))
     key = tokenization_key(loaded.sha256, config, tokenizer)
     folder = cache_root() / "tokenized"
     folder.mkdir(parents=True, exist_ok=True)
-    arguments = {"tokenizer": tokenizer, "max_length": config.max_length, "train_on_inputs": config.train_on_inputs}
+    arguments = {"tokenizer": tokenizer, "protocol": protocol, "max_length": config.max_length,
+                 "train_on_inputs": config.train_on_inputs}  # fmt: skip
 
     def tokenized(dataset: Dataset, part: str) -> Dataset:
         # datasets' own map cache is off for in-memory data, so the cache is explicit: one folder per key.
@@ -97,7 +100,7 @@ def build_datasets(
             shutil.rmtree(staging, ignore_errors=True)
         return result
 
-    train = tokenized(data, "train")
+    train, without_labels = _drop_examples_without_labels(tokenized(data, "train"))
     info = {
         "sources": loaded.origins,
         "sha256": loaded.sha256,
@@ -105,7 +108,42 @@ def build_datasets(
         "train_examples": len(data),
         "validation_examples": len(validation) if validation is not None else 0,
         "train_on_inputs": config.train_on_inputs,
+        "protocol": config.protocol,
+        "validation_rule": f"{protocol.validation_rule} (seed {_validation_seed(protocol, config.seed)})",
         "truncated_examples": sum(len(ids) >= config.max_length for ids in train["input_ids"]),
+        "dropped_without_labels": without_labels,
         "tokenization_cache": key,
     }
     return train, (tokenized(validation, "validation") if validation is not None else None), info
+
+
+def _validation_seed(protocol: Protocol, run_seed: int) -> int:
+    return run_seed if protocol.validation_seed is None else protocol.validation_seed
+
+
+def hold_out_validation(data: Dataset, size: int, protocol: Protocol, run_seed: int) -> tuple[Dataset, Dataset | None]:
+    """(training, validation) by the protocol's rule. hira: Python's random.shuffle with seed 58 and the last
+    `size` examples, the official split script's rule, so the validation set is the same for every --seed."""
+    if size <= 0:
+        return data, None
+    if size >= len(data):
+        raise UserError(f"--val_set_size {size} leaves no training data ({len(data)} examples)")
+    seed = _validation_seed(protocol, run_seed)
+    if protocol.validation_rule == "shuffle-tail":
+        order = list(range(len(data)))
+        random.Random(seed).shuffle(order)
+        return data.select(order[:-size]), data.select(order[-size:])
+    split = data.train_test_split(test_size=size, shuffle=True, seed=seed)
+    return split["train"], split["test"]
+
+
+def _drop_examples_without_labels(dataset: Dataset) -> tuple[Dataset, int]:
+    """Drop examples whose every label is masked (a prompt that fills the whole length): they would train
+    nothing, and a step made only of them divides 0 by 0. Returns the kept set and how many were dropped."""
+    kept = dataset.filter(lambda labels: any(label != IGNORE_INDEX for label in labels), input_columns="labels")
+    dropped = len(dataset) - len(kept)
+    if dropped:
+        logger.warning("dropped %d of %d training examples: truncation left no label token", dropped, len(dataset))
+    if not len(kept):
+        raise UserError(f"no training example keeps a label token after truncation ({dropped} dropped)")
+    return kept, dropped

@@ -1,54 +1,100 @@
-"""The Alpaca-style template of LLM-Adapters and the official HiRA code, tokenization and label masking."""
+"""Prompts and tokens as a protocol defines them (see ``peftbench.protocols``): training examples with
+masked labels, evaluation prompts, and the scored answer of each option."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from peftbench import protocols
+from peftbench.protocols import Protocol
+
 IGNORE_INDEX = -100  # label value the loss skips
-TEMPLATE_VERSION = "alpaca-llm-adapters-1"  # part of the tokenization cache key: change it with the template
 
-_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-_WITHOUT_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
-)
+# The tokenization cache and every result record carry this: a change to the prompt or tokenization code can
+# never reuse stale tokens or an old result.
+PROMPT_CODE_HASH = hashlib.sha256(Path(__file__).read_bytes() + Path(protocols.__file__).read_bytes()).hexdigest()[:12]
 
 
-def build_prompt(example: dict[str, str]) -> str:
-    """The prompt up to and including '### Response:\\n' (what the model sees at evaluation)."""
-    template = _WITH_INPUT if example.get("input") else _WITHOUT_INPUT
-    return template.format(instruction=example["instruction"], input=example.get("input", ""))
+def prompt_version(protocol: Protocol) -> str:
+    return f"{protocol.name}:{PROMPT_CODE_HASH}"
+
+
+def build_prompt(example: dict[str, str], protocol: Protocol) -> str:
+    """The prompt up to the response (what the model continues at evaluation)."""
+    if protocol.input_template is not None and example.get("input"):
+        return protocol.input_template.format(instruction=example["instruction"], input=example["input"])
+    return protocol.template.format(instruction=example["instruction"])
+
+
+def _ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], special_tokens: bool) -> list[list[int]]:
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=special_tokens)["input_ids"]]
+
+
+def _answer_ids(tokenizer: PreTrainedTokenizerBase, answers: Sequence[str], protocol: Protocol) -> list[list[int]]:
+    """hira: the answer tokenized on its own (stripped, no special tokens) and cut at answer_max_tokens."""
+    limit = protocol.answer_max_tokens
+    return [ids[:limit] for ids in _ids(tokenizer, [a.strip() for a in answers], False)]
 
 
 def tokenize_batch(
-    batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase, max_length: int, train_on_inputs: bool
+    batch: dict[str, list[Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    protocol: Protocol,
+    max_length: int,
+    train_on_inputs: bool,
 ) -> dict[str, list[list[int]]]:
-    """Prompt + response + EOS, cut at max_length; labels mask the prompt unless train_on_inputs.
+    """Training features; labels mask the prompt unless train_on_inputs.
 
     Columns in, columns out, as ``datasets.map(batched=True)`` wants; the tokenizer sees whole lists, so
-    a fast tokenizer works in parallel. As in LLM-Adapters, EOS is appended only when the text fits, so a
-    truncated example does not teach the model to stop mid-answer.
+    a fast tokenizer works in parallel. With ``answer_max_tokens`` (hira) the prompt alone is cut at
+    max_length and the answer is always appended; otherwise prompt + answer are cut together at max_length
+    (an over-long prompt then leaves no label: ``data stats`` counts such examples and training drops them).
     """
     rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-    prompts = [build_prompt(row) for row in rows]
-    full = tokenizer([p + row["output"] for p, row in zip(prompts, rows, strict=True)], truncation=True,
-                     max_length=max_length)["input_ids"]  # fmt: skip
-    prompt_lengths = [0] * len(rows)
-    if not train_on_inputs:
-        prompt_ids = tokenizer(prompts, truncation=True, max_length=max_length)["input_ids"]
-        prompt_lengths = [len(ids) for ids in prompt_ids]
+    prompts = [build_prompt(row, protocol) for row in rows]
+    prompt_ids = [ids[:max_length] for ids in _ids(tokenizer, prompts, protocol.special_tokens)]
+    if protocol.answer_max_tokens is not None:
+        answers = _answer_ids(tokenizer, [row["output"] for row in rows], protocol)
+        sequences = [p + a for p, a in zip(prompt_ids, answers, strict=True)]
+    else:
+        texts = [p + row["output"] for p, row in zip(prompts, rows, strict=True)]
+        sequences = [ids[:max_length] for ids in _ids(tokenizer, texts, protocol.special_tokens)]
     columns: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
-    for ids, prompt_length in zip(full, prompt_lengths, strict=True):
-        ids = list(ids)
-        if len(ids) < max_length and ids[-1] != tokenizer.eos_token_id:
+    for ids, prompt in zip(sequences, prompt_ids, strict=True):
+        # As LLM-Adapters: EOS only when the text fits, so a cut example does not learn to stop mid-answer.
+        if protocol.append_eos and len(ids) < max_length and ids[-1] != tokenizer.eos_token_id:
             ids.append(tokenizer.eos_token_id)
+        masked = 0 if train_on_inputs else min(len(prompt), len(ids))
         columns["input_ids"].append(ids)
         columns["attention_mask"].append([1] * len(ids))
-        columns["labels"].append([IGNORE_INDEX] * prompt_length + ids[prompt_length:])
+        columns["labels"].append([IGNORE_INDEX] * masked + ids[masked:])
     return columns
+
+
+def eval_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], protocol: Protocol) -> list[list[int]]:
+    """What the model sees at evaluation: [BOS] + prompt tokens, cut at eval_prompt_max_tokens (hira: 256)."""
+    limit = protocol.eval_prompt_max_tokens
+    return [
+        (_bos(tokenizer, protocol) + ids)[:limit] for ids in _ids(tokenizer, list(prompts), protocol.special_tokens)
+    ]
+
+
+def _bos(tokenizer: PreTrainedTokenizerBase, protocol: Protocol) -> list[int]:
+    """hira's f'{bos_token}{prompt}'; a tokenizer without a BOS token gets none."""
+    return [tokenizer.bos_token_id] if protocol.eval_bos and tokenizer.bos_token_id is not None else []
+
+
+def scored_sequences(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, prompt_ids: list[int], responses: Sequence[str], protocol: Protocol
+) -> list[list[int]]:
+    """Prompt + each response, tokenized as training tokenizes prompt + answer (log-likelihood scores the
+    tokens after ``prompt_ids``)."""
+    if protocol.answer_max_tokens is not None:
+        return [prompt_ids + ids for ids in _answer_ids(tokenizer, responses, protocol)]
+    texts = [prompt + response for response in responses]
+    return [_bos(tokenizer, protocol) + ids for ids in _ids(tokenizer, texts, protocol.special_tokens)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -129,12 +130,21 @@ def _examples(records: Iterable[tuple[str, Any]], spec: DatasetSpec, origin: str
         except ValueError as exc:
             bad.append(f"{location}: {exc}")
     if bad and on_bad == "error":
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise UserError(f"{origin}: {bad[0]}{more}; --on_bad_record skip drops bad records")
+        raise UserError(f"{origin}: {len(bad)} bad record(s): {_listed(bad)}; --on_bad_record skip drops bad records")
     if bad:
-        shown = "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")
-        logger.warning("%s: skipped %d bad record(s) of %d: %s", origin, len(bad), len(bad) + len(examples), shown)
+        logger.warning(
+            "%s: skipped %d bad record(s) of %d: %s", origin, len(bad), len(bad) + len(examples), _listed(bad)
+        )
     return Loaded(examples, [origin], skipped=len(bad))
+
+
+SHOWN_BAD_RECORDS = 20
+
+
+def _listed(bad: Sequence[str]) -> str:
+    """Every bad record's location and reason, up to SHOWN_BAD_RECORDS, then how many more."""
+    more = f"; and {len(bad) - SHOWN_BAD_RECORDS} more" if len(bad) > SHOWN_BAD_RECORDS else ""
+    return "; ".join(bad[:SHOWN_BAD_RECORDS]) + more
 
 
 def _load_file(path: Path, spec: DatasetSpec, on_bad: str) -> Loaded:
@@ -143,15 +153,44 @@ def _load_file(path: Path, spec: DatasetSpec, on_bad: str) -> Loaded:
     return loaded
 
 
+def hub_offline() -> bool:
+    import datasets
+
+    return bool(datasets.config.HF_HUB_OFFLINE)
+
+
+def go_offline(reason: str) -> None:
+    """Switch this process (and the processes it starts) to offline: without a network every later hub call
+    would retry for about 20 s before failing, for each dataset."""
+    import datasets
+    import huggingface_hub.constants
+
+    logger.warning("the Hugging Face hub is unreachable (%s): working offline from now on", reason)
+    datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether an error (or one it came from) says the network is down rather than that the data is absent."""
+    while exc is not None:
+        if isinstance(exc, ConnectionError | TimeoutError) or type(exc).__name__ in ("ConnectError", "ConnectTimeout"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _load_hub(spec: DatasetSpec, split: str, on_bad: str) -> Loaded:
     from datasets import load_dataset
 
     hub = spec.hub
     origin = f"hub:{hub.path}" + (f"/{hub.name}" if hub.name else "") + f"[{split}]"
+    was_offline = hub_offline()
     try:
         rows = load_dataset(hub.path, hub.name, split=split)
     except Exception as exc:  # datasets raises many types for missing / unreachable data  # noqa: BLE001
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        if not was_offline and _unreachable(exc):
+            go_offline(reason)
         raise UserError(f"{origin} could not be loaded ({reason})") from None
     return _examples(((f"row {i}", dict(row)) for i, row in enumerate(rows)), spec, origin, True, on_bad)
 

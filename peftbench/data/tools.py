@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -10,10 +11,11 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from peftbench.data.prompts import build_prompt
+from peftbench.data.prompts import IGNORE_INDEX, build_prompt, tokenize_batch
 from peftbench.data.registry import COMMON_170K, get_dataset
 from peftbench.data.sources import Loaded, load_test_examples, load_train_examples
 from peftbench.errors import UserError
+from peftbench.protocols import HIRA, PROTOCOLS, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -42,20 +44,44 @@ def _percentiles(lengths: list[int]) -> str:
     return f"{p50:.0f}/{p90:.0f}/{p99:.0f}/{max(lengths)}"
 
 
+def truncation_counts(
+    examples: list[dict], tokenizer: PreTrainedTokenizerBase, protocol: Protocol, max_length: int
+) -> tuple[int, int]:
+    """(examples that lose tokens to truncation, examples whose answer is cut away entirely) under a protocol."""
+    columns = {key: [e[key] for e in examples] for key in ("instruction", "input", "output")}
+    cut = tokenize_batch(columns, tokenizer, protocol, max_length, train_on_inputs=False)
+    uncut_protocol = dataclasses.replace(protocol, answer_max_tokens=protocol.answer_max_tokens and 10**9)
+    whole = tokenize_batch(columns, tokenizer, uncut_protocol, 10**9, train_on_inputs=False)
+    lost = sum(ids != full for ids, full in zip(cut["input_ids"], whole["input_ids"], strict=True))
+    no_answer = sum(all(label == IGNORE_INDEX for label in labels) for labels in cut["labels"])
+    return lost, no_answer
+
+
 def stats_rows(names: list[str], data_dir: str, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[list[str]]:
-    """Per dataset and split: examples, label balance, token lengths (prompt + answer), examples cut at max_length."""
-    rows = [["dataset", "split", "examples", "labels", "tokens p50/p90/p99/max", f"> {max_length} (truncated)"]]
+    """Per dataset and split: examples, bad records, label balance, token lengths (hira's prompt + answer) and,
+    per protocol, the examples cut at max_length and those whose answer is cut away (they would train nothing;
+    always 0 under hira). A split that cannot be read is a row too, with the reason, never left out."""
+    header = ["dataset", "split", "examples", "bad records", "labels", "tokens p50/p90/p99/max"]
+    for name in PROTOCOLS:
+        header += [f"{name}: cut at {max_length}", f"{name}: answer lost"]
+    rows = [header]
     for name in names:
         for split, load in (("test", load_test_examples), ("train", load_train_examples)):
             try:
-                loaded = load(name, data_dir)
-            except UserError:
+                loaded = load(name, data_dir, "skip")
+            except UserError as exc:
+                rows.append([name, split, f"unavailable: {exc}"] + [""] * (len(header) - 3))
                 continue
             examples = loaded.examples
+            if not examples:
+                rows.append([name, split, "0", str(loaded.skipped)] + [""] * (len(header) - 4))
+                continue
             counts = Counter(e["answer"] for e in examples)
             balance = " ".join(f"{k}:{100 * v / len(examples):.0f}%" for k, v in sorted(counts.items()))
-            texts = [build_prompt(e) + e["output"] for e in examples]
-            lengths = [len(ids) + 1 for ids in tokenizer(texts)["input_ids"]]  # + EOS
-            over = sum(n > max_length for n in lengths)
-            rows.append([name, split, str(len(examples)), balance, _percentiles(lengths), str(over)])
+            texts = [build_prompt(e, HIRA) + e["output"] for e in examples]
+            lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            row = [name, split, str(len(examples)), str(loaded.skipped), balance, _percentiles(lengths)]
+            for protocol in PROTOCOLS.values():
+                row += [str(count) for count in truncation_counts(examples, tokenizer, protocol, max_length)]
+            rows.append(row)
     return rows

@@ -37,13 +37,13 @@ def _shared_prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tenso
 def generate_responses(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[list[int]],
     batch_size: int,
     beam_size: int,
     max_new_tokens: int,
     shared_prefill: bool = True,
 ) -> list[str]:
-    """The text each prompt's continuation decodes to, in prompt order.
+    """The text each prompt's (token ids) continuation decodes to, in prompt order.
 
     Left padding and the attention mask keep every prompt's tokens where they would be alone, so the
     result does not depend on the batch size (tested).
@@ -54,7 +54,7 @@ def generate_responses(
     try:
         for start in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch"):
             indices = order[start : start + batch_size]
-            encoded = tokenizer([prompts[i] for i in indices], return_tensors="pt", padding=True).to(model.device)
+            encoded = tokenizer.pad({"input_ids": [prompts[i] for i in indices]}, return_tensors="pt").to(model.device)
             ids, mask = encoded["input_ids"], encoded["attention_mask"]
             extra = {}
             if shared_prefill and beam_size > 1 and ids.shape[1] > 1:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -30,17 +30,11 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, prompt: str, responses: Sequence[str]) -> tuple[int, list[list[int]]]:
-    """Prompt length in tokens and each full sequence, tokenized as in training (prompt + response)."""
-    prompt_length = len(tokenizer(prompt)["input_ids"])
-    return prompt_length, [tokenizer(prompt + response)["input_ids"] for response in responses]
-
-
 @torch.inference_mode()
 def score_options(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, responses: Sequence[str]
+    model: PreTrainedModel, pad_token_id: int, prompt_length: int, sequences: Sequence[list[int]]
 ) -> OptionScores:
-    prompt_length, sequences = _encode(tokenizer, prompt, responses)
+    """Each option's summed log-probability of its tokens after the first ``prompt_length`` (the prompt)."""
     shared = 0
     while all(len(s) > shared + 1 for s in sequences) and len({s[shared] for s in sequences}) == 1:
         shared += 1  # every option keeps at least one token of its own
@@ -56,7 +50,7 @@ def score_options(
 
     tails = [s[shared:] for s in sequences]
     width = max(map(len, tails))
-    pad = tokenizer.pad_token_id
+    pad = pad_token_id
     tail_ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails], device=device)
     mask = torch.tensor([[1] * (shared + len(t)) + [0] * (width - len(t)) for t in tails], device=device)
     cache = out.cache
@@ -71,9 +65,8 @@ def score_options(
 
 @torch.inference_mode()
 def score_options_naive(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, responses: Sequence[str]
+    model: PreTrainedModel, pad_token_id: int, prompt_length: int, sequences: Sequence[list[int]]
 ) -> OptionScores:
-    prompt_length, sequences = _encode(tokenizer, prompt, responses)
     logprobs = []
     for sequence in sequences:
         ids = torch.tensor([sequence], device=model.device)

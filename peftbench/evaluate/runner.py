@@ -24,14 +24,21 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from peftbench.checkpoint import load_trained
 from peftbench.config import ZERO_SHOT, EvalConfig
-from peftbench.data.prompts import build_prompt
+from peftbench.data.prompts import build_prompt, eval_prompt_ids, prompt_version, scored_sequences
 from peftbench.data.registry import DatasetSpec, get_dataset, resolve_names
 from peftbench.data.sources import Example, answer_options, load_test_examples
 from peftbench.errors import UserError
 from peftbench.evaluate.extract import extract_answer
 from peftbench.evaluate.generate import generate_responses
 from peftbench.evaluate.loglik import score_options
-from peftbench.models import choose_precision, load_base_model, load_tokenizer, resolve_model_path
+from peftbench.models import (
+    choose_precision,
+    load_base_model,
+    load_tokenizer,
+    model_fingerprint,
+    resolve_model_path,
+)
+from peftbench.protocols import DEFAULT_PROTOCOL, get_protocol
 from peftbench.runs import environment_record, read_records, resolve_checkpoint, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -44,6 +51,7 @@ class EvalModel:
     output_dir: Path
     description: dict[str, Any]  # what was evaluated, recorded with every result
     processes: PartialState  # under torchrun / accelerate launch, each process scores a shard
+    trained_protocol: str  # the checkpoint's own protocol (the default one for a base model)
 
 
 def load_eval_model(config: EvalConfig) -> EvalModel:
@@ -51,18 +59,35 @@ def load_eval_model(config: EvalConfig) -> EvalModel:
     if config.ckpt is not None:
         ckpt = resolve_checkpoint(Path(config.ckpt))
         model, tokenizer, run_config = load_trained(ckpt, precision.dtype)
+        trained_protocol = run_config.protocol
         output_dir = Path(config.output_dir) if config.output_dir else ckpt
-        description = {"ckpt": str(ckpt), "model_name": run_config.model_name, "peft_type": run_config.peft_type}
+        base_path = resolve_model_path(run_config.model_name)
+        adapter = (ckpt / "adapter_config.json").is_file()  # an adapter computes nothing without its base
+        description = {
+            "ckpt": str(ckpt),
+            "model_name": run_config.model_name,
+            "peft_type": run_config.peft_type,
+            "model_fingerprint": model_fingerprint(str(ckpt)),
+            "base_fingerprint": model_fingerprint(base_path) if adapter else None,
+        }
     else:
         base_path = resolve_model_path(config.model_name)
         model = load_base_model(base_path, precision.dtype)
         tokenizer = load_tokenizer(base_path)
         output_dir = Path(config.output_dir)
-        description = {"ckpt": None, "model_name": config.model_name, "peft_type": ZERO_SHOT}
+        trained_protocol = DEFAULT_PROTOCOL
+        description = {
+            "ckpt": None,
+            "model_name": config.model_name,
+            "peft_type": ZERO_SHOT,
+            "model_fingerprint": model_fingerprint(base_path, model),
+            "base_fingerprint": None,
+        }
     processes = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: several CPU processes talk over gloo
     model.eval().to(processes.device)
     output_dir.mkdir(parents=True, exist_ok=True)
-    return EvalModel(model, tokenizer, output_dir, {**description, "precision": precision.name}, processes)
+    description["precision"] = precision.name
+    return EvalModel(model, tokenizer, output_dir, description, processes, trained_protocol)
 
 
 def sample_indices(total: int, limit: int | None, seed: int) -> list[int]:
@@ -76,6 +101,16 @@ def evaluate(config: EvalConfig) -> list[dict[str, Any]]:
     """Evaluate on each requested dataset; with several, one whose data is missing is reported and skipped."""
     names = resolve_names(config.dataset)
     loaded = load_eval_model(config)
+    config = config.with_protocol(loaded.trained_protocol)
+    if config.protocol != loaded.trained_protocol:
+        logger.warning("evaluating under --protocol %s a model trained under %s", config.protocol,
+                       loaded.trained_protocol)  # fmt: skip
+    protocol = get_protocol(config.protocol)
+    loaded.description |= {
+        "protocol": protocol.name,
+        "protocol_settings": protocol.settings(),
+        "prompt_template": prompt_version(protocol),
+    }
     records = []
     for name in names:
         try:
@@ -92,8 +127,9 @@ def evaluate(config: EvalConfig) -> list[dict[str, Any]]:
 def _generate(
     loaded: EvalModel, spec: DatasetSpec, examples: list[Example], prompts: list[str], config: EvalConfig
 ) -> list[dict]:
+    prompt_ids = eval_prompt_ids(loaded.tokenizer, prompts, get_protocol(config.protocol))
     responses = generate_responses(
-        loaded.model, loaded.tokenizer, prompts, config.batch, config.beam_size, config.max_new_tokens
+        loaded.model, loaded.tokenizer, prompt_ids, config.batch, config.beam_size, config.max_new_tokens
     )
     return [{"generated": text, "predicted": extract_answer(text, spec.keywords)} for text in responses]
 
@@ -101,13 +137,16 @@ def _generate(
 def _loglik(
     loaded: EvalModel, spec: DatasetSpec, examples: list[Example], prompts: list[str], config: EvalConfig
 ) -> list[dict]:
+    protocol, tokenizer = get_protocol(config.protocol), loaded.tokenizer
     rows = []
-    for example, prompt in tqdm(
-        zip(examples, prompts, strict=True), total=len(examples), desc="loglik", unit="example"
+    prompt_ids = eval_prompt_ids(tokenizer, prompts, protocol)
+    for example, prompt, ids in tqdm(
+        zip(examples, prompts, prompt_ids, strict=True), total=len(examples), desc="loglik", unit="example"
     ):
         options = answer_options(example, spec)
         responses = [spec.response_template.format(answer=option) for option in options]
-        scores = score_options(loaded.model, loaded.tokenizer, prompt, responses)
+        sequences = scored_sequences(tokenizer, prompt, ids, responses, protocol)
+        scores = score_options(loaded.model, tokenizer.pad_token_id, len(ids), sequences)
         rows.append(
             {
                 "options": options,
@@ -124,51 +163,75 @@ def _loglik(
 SCORERS = {"generate": (_generate, ""), "loglik": (_loglik, "_loglik")}
 
 
-# Settings that change an evaluation's outcome; a finished result made with others is redone.
-RESULT_SETTINGS = ("eval_mode", "beam_size", "max_new_tokens", "max_eval_samples", "seed", "load_bit")
+# What an evaluation's outcome depends on, besides the data: a finished result that differs in any is redone.
+MODEL_IDENTITY = ("ckpt", "model_name", "peft_type", "model_fingerprint", "base_fingerprint", "prompt_template")
+DECODING_SETTINGS = ("eval_mode", "beam_size", "max_new_tokens", "load_bit", "protocol")
+SAMPLE_SETTINGS = ("max_eval_samples", "seed")
 
 
-def finished_result(result_path: Path, data_sha256: str, config: EvalConfig) -> dict[str, Any] | None:
-    """The existing result if it is complete and was made with the same settings and data; else None (and why)."""
-    if config.overwrite or not result_path.exists():
-        return None
+def _complete_record(result_path: Path) -> dict[str, Any] | None:
+    """The result record if its predictions file is there and whole, else None."""
     try:
         record = read_records(result_path)[-1]
         predictions = json.loads((result_path.parent / record["predictions_file"]).read_text(encoding="utf-8"))
-        complete = len(predictions) == record["total"]
+        return record if len(predictions) == record["total"] else None
     except (OSError, IndexError, KeyError, json.JSONDecodeError):
-        complete, record = False, {}
-    if not complete:
+        return None
+
+
+def finished_result(
+    result_path: Path, identity: dict[str, Any], sample_size: int, config: EvalConfig
+) -> dict[str, Any] | None:
+    """The existing result if it was made of the same model, data, prompt and settings; None to (re)do it.
+
+    A result of the same model and decoding on more examples is never replaced by a smaller sample unless
+    --overwrite says so (a quick look must not overwrite the full number)."""
+    if not result_path.exists():
+        return None
+    record = _complete_record(result_path)
+    if record is None:
         logger.warning("redoing %s: it is incomplete or corrupt", result_path)
         return None
-    changed = [k for k in RESULT_SETTINGS if record.get("eval_config", {}).get(k) != getattr(config, k)]
-    if record.get("data_sha256") != data_sha256:
-        changed.append("data file contents")
-    if changed:
-        logger.warning("redoing %s: %s changed", result_path, ", ".join(changed))
+    if config.overwrite:
         return None
-    logger.info(
-        "skipping %s: already evaluated (accuracy %.4f); --overwrite redoes it", result_path, record["accuracy"]
-    )
-    return record
+    saved_config = record.get("eval_config", {})
+    changed = [k for k, v in identity.items() if record.get(k) != v]
+    changed += [k for k in (*DECODING_SETTINGS, *SAMPLE_SETTINGS) if saved_config.get(k) != getattr(config, k)]
+    if not changed:
+        logger.info(
+            "skipping %s: already evaluated (accuracy %.4f); --overwrite redoes it", result_path, record["accuracy"]
+        )
+        return record
+    if set(changed) <= set(SAMPLE_SETTINGS) and record["total"] > sample_size:
+        raise UserError(
+            f"{result_path} holds this model's result on {record['total']} examples; this evaluation of "
+            f"{sample_size} would replace it: --overwrite replaces it, --output_dir writes elsewhere"
+        )
+    logger.warning(
+        "redoing %s (it was %s): %s changed", result_path, record.get("ckpt") or record.get("model_name"),
+        ", ".join(changed),
+    )  # fmt: skip
+    return None
 
 
 def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[str, Any]:
     spec = get_dataset(name)
     loaded_data = load_test_examples(name, config.data_dir, config.on_bad_record)
     examples = loaded_data.examples
+    if not examples:
+        raise UserError(f"no test examples to evaluate in {', '.join(loaded_data.origins)}")
     predict, suffix = SCORERS[config.eval_mode]
     result_path = loaded.output_dir / f"output_{spec.name}{suffix}_eval.jsonl"
     data_sha256 = loaded_data.sha256
-    if (done := finished_result(result_path, data_sha256, config)) is not None:
+    sample = sample_indices(len(examples), config.max_eval_samples, config.seed)
+    identity = {k: loaded.description[k] for k in MODEL_IDENTITY} | {"data_sha256": data_sha256}
+    if (done := finished_result(result_path, identity, len(sample), config)) is not None:
         return done
     processes = loaded.processes
     # This process's shard of the fixed sample; the shards are merged by example index below.
-    indices = sample_indices(len(examples), config.max_eval_samples, config.seed)[
-        processes.process_index :: processes.num_processes
-    ]
+    indices = sample[processes.process_index :: processes.num_processes]
     chosen = [examples[i] for i in indices]
-    prompts = [build_prompt(example) for example in chosen]
+    prompts = [build_prompt(example, get_protocol(config.protocol)) for example in chosen]
 
     start = time.perf_counter()
     rows = predict(loaded, spec, chosen, prompts, config)
