@@ -345,7 +345,7 @@ def bench_tokenize(examples: int, tokenizer_name: str, data_dir: str) -> dict[st
             config = RunConfig(dataset="common_170k", data_dir=folder)
             for attempt in ("first build", "from cache"):
                 start = time.perf_counter()
-                train, _, _ = build_datasets(config, tokenizer)
+                train = build_datasets(config, tokenizer).train
                 seconds[attempt] = time.perf_counter() - start
                 print(f"  {attempt}: {len(train)} training examples ready in {seconds[attempt]:.1f} s", flush=True)
         finally:

@@ -23,6 +23,7 @@ ZERO_SHOT = "zero-shot"  # the method label of a base model evaluated without tr
 ADAPTER_METHODS = ("hira", "lora")  # the methods that take a rank
 EVAL_STRATEGIES = ("no", "steps", "epoch")
 EVAL_MODES = ("generate", "loglik")
+CHECKPOINT_RULES = ("loss", "answer_loss", "accuracy", "last")
 BAD_RECORD_MODES = ("skip", "error")
 DEFAULT_MODEL = "EleutherAI/gpt-neo-1.3B"
 # The official HiRA code keeps its LLM-Adapters files here; PEFTBENCH_DATA_DIR overrides it.
@@ -95,6 +96,14 @@ class RunConfig:
     output_folder: str | None = field(
         default=None, metadata=_help("Parent folder of the run; default results_{peft_type}.")
     )
+    select_checkpoint: str = field(
+        default="loss",
+        metadata=_help(
+            "Which checkpoint to evaluate: loss (validation loss, the official rule), answer_loss (loss on the "
+            "answer keyword's tokens only), accuracy (log-likelihood accuracy on the validation examples), last.",
+            choices=CHECKPOINT_RULES,
+        ),
+    )
     max_length: int = field(default=256, metadata=_help("Maximum tokens per training example."))
     val_set_size: int = field(default=120, metadata=_help("Examples held out of the training data for validation."))
     train_on_inputs: bool | None = field(
@@ -137,6 +146,8 @@ class RunConfig:
         if self.load_bit not in (16, 32):
             raise UserError(f"--load_bit must be 16 or 32, got {self.load_bit}")
         get_dataset(self.dataset)
+        if self.select_checkpoint not in CHECKPOINT_RULES:
+            raise UserError(f"--select_checkpoint must be one of {', '.join(CHECKPOINT_RULES)}")
         if self.eval_strategy not in EVAL_STRATEGIES:
             raise UserError(f"--eval_strategy must be one of {', '.join(EVAL_STRATEGIES)}, got {self.eval_strategy!r}")
         _require_positive(

@@ -33,6 +33,7 @@ def run_demo(out: Path, data_dir: str, train_samples: int, eval_samples: int) ->
             warmup=4,
             max_train_samples=train_samples,
             val_set_size=32,
+            eval_strategy="steps",
             eval_steps=16,
             logging_steps=4,
             output_folder=str(out / "results_hira"),

@@ -127,6 +127,9 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     tokenizer = _from_pretrained(AutoTokenizer, path)
     if tokenizer.pad_token_id is None:  # GPT-Neo and Llama ship without a pad token
         tokenizer.pad_token = tokenizer.eos_token
+    # Training batches pad at the end, so every example's positions start at 0 as at evaluation (left padding
+    # without position ids would shift GPT-Neo's absolute positions); generation pads on the left itself.
+    tokenizer.padding_side = "right"
     return tokenizer
 
 

@@ -93,6 +93,8 @@ def _run_summary(study: Study, seed: int, peft_type: str) -> dict[str, Any]:
         "steps": end["global_step"],
         "train_loss": end["train_loss"],
         "best_eval_loss": end["best_eval_loss"],
+        "protocol": records[0]["config"].get("protocol"),
+        "checkpoint_selection": end.get("checkpoint_selection"),
         "train_examples": records[0]["data"]["train_examples"],
         "validation_examples": records[0]["data"]["validation_examples"],
         "data_sha256": records[0]["data"]["sha256"],
@@ -351,8 +353,9 @@ def render_page(summary: dict[str, Any], assets: str) -> str:
         f"- Model: `{summary['model']}` ({base_parameters(summary):,} parameters, {first_run['precision']}).",
         f"- Training data: a seeded sample of `{summary['dataset']}` (the local commonsense mix, data hash "
         f"`{first_run['data_sha256']}`): {first_run['train_examples']} training and "
-        f"{first_run['validation_examples']} validation examples; the checkpoint with the best validation loss "
-        "is evaluated.",
+        f"{first_run['validation_examples']} validation examples; the checkpoint evaluated: "
+        f"{first_run.get('checkpoint_selection') or 'best validation loss'}.",
+        f"- Protocol: {_protocol_line(first_run.get('protocol'))}",
         "- Shared budget: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()) + ".",
         "- Evaluation: the same seeded test sample for every method; zero-shot is the untrained model.",
         f"- Seeds: {', '.join(map(str, seeds))} (each seed draws its own training sample, initialisation and "
@@ -370,6 +373,12 @@ def render_page(summary: dict[str, Any], assets: str) -> str:
         f"- {environment['device']}\n",
     ]
     return "\n".join(lines)
+
+
+def _protocol_line(protocol: str | None) -> str:
+    if protocol is None:
+        return "not recorded: these runs predate protocols (peftbench's earlier template, EOS, seeded validation)."
+    return f"`{protocol}` (prompt, truncation, validation split and defaults; README, 'Protocols')."
 
 
 def draw_plots(summary: dict[str, Any], folder: Path) -> None:

@@ -15,21 +15,34 @@ import dataclasses
 import logging
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import PartialState
-from transformers import DataCollatorForSeq2Seq, TrainerCallback, TrainerState, TrainingArguments, set_seed
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    TrainerState,
+    TrainingArguments,
+    set_seed,
+)
 
 from peftbench.config import RunConfig
 from peftbench.data.pipeline import build_datasets
+from peftbench.data.registry import get_dataset
 from peftbench.errors import TrainingInterrupted, UserError
 from peftbench.guards import DiskSpaceGuard, DivergenceGuard, InterruptSaver
 from peftbench.methods import get_method
 from peftbench.models import choose_precision, count_parameters, load_base_model, load_tokenizer, resolve_model_path
+from peftbench.protocols import get_protocol
 from peftbench.runs import RUN_RECORD, append_record, choose_run_folder, environment_record
-from peftbench.validation import TokenWeightedTrainer
+from peftbench.validation import AnswerLabelCollator, TokenWeightedTrainer, option_accuracy
+
+# --select_checkpoint -> the validation metric the best checkpoint is chosen by (lower is better, but accuracy).
+SELECTION_METRICS = {"loss": "eval_loss", "answer_loss": "eval_answer_loss", "accuracy": "eval_accuracy"}
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +75,7 @@ def peak_memory() -> dict[str, float]:
 def training_arguments(config: RunConfig, bf16: bool, fp16: bool, evaluate: bool) -> TrainingArguments:
     """The Trainer's settings; output_dir is set once the run folder is chosen."""
     eval_strategy = config.eval_strategy if evaluate else "no"
+    select_by = SELECTION_METRICS.get(config.select_checkpoint)  # None: the last checkpoint
     return TrainingArguments(
         output_dir=config.output_folder,
         per_device_train_batch_size=config.batch,
@@ -83,9 +97,10 @@ def training_arguments(config: RunConfig, bf16: bool, fp16: bool, evaluate: bool
         save_strategy="epoch" if eval_strategy == "epoch" else "steps",
         save_steps=config.eval_steps,
         save_total_limit=config.save_total_limit,
-        load_best_model_at_end=eval_strategy != "no",
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
+        load_best_model_at_end=eval_strategy != "no" and select_by is not None,
+        metric_for_best_model=select_by or "eval_loss",
+        greater_is_better=select_by == "eval_accuracy",
+        remove_unused_columns=False,  # validation batches carry answer_labels (the datasets hold nothing else)
         logging_steps=config.logging_steps,
         logging_first_step=True,
         logging_nan_inf_filter=False,  # a NaN loss must reach DivergenceGuard, not be averaged away
@@ -108,7 +123,8 @@ def train(config: RunConfig) -> TrainResult:
     precision = choose_precision(config.load_bit, full_finetune=method.full_finetune)
     model_path = resolve_model_path(config.model_name)
     tokenizer = load_tokenizer(model_path)
-    train_data, validation_data, data_info = build_datasets(config, tokenizer)  # before the model: fail fast
+    data = build_datasets(config, tokenizer)  # before the model: fail fast
+    train_data, validation_data, data_info = data.train, data.validation, data.info
 
     model = method.apply(load_base_model(model_path, precision.dtype), config)
     model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
@@ -155,9 +171,10 @@ def train(config: RunConfig) -> TrainResult:
         args=args,
         train_dataset=train_data,
         eval_dataset=validation_data,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, pad_to_multiple_of=8),
+        data_collator=AnswerLabelCollator(tokenizer, padding=True, pad_to_multiple_of=8),
         processing_class=tokenizer,
         callbacks=[RunStatsCallback(), interrupt, divergence, disk],
+        accuracy=_validation_accuracy(config, tokenizer, data.validation_examples),
     )
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(target.checkpoint) if target.checkpoint else None)
@@ -172,7 +189,9 @@ def train(config: RunConfig) -> TrainResult:
         "event": "train_end",
         "train_loss": output.training_loss,
         "global_step": state.global_step,
-        "best_eval_loss": state.best_metric,
+        "selection_metric": args.metric_for_best_model if args.load_best_model_at_end else None,
+        "best_metric": state.best_metric,
+        "best_eval_loss": _eval_loss_at(state, checkpoint),  # the chosen checkpoint's, whatever chose it
         "best_checkpoint": str(checkpoint),
         "checkpoint_selection": selection,
         "train_time_s": round(train_time, 2),
@@ -187,10 +206,28 @@ def train(config: RunConfig) -> TrainResult:
     return TrainResult(run_dir=run_dir, checkpoint=checkpoint, metrics=metrics)
 
 
+def _validation_accuracy(
+    config: RunConfig, tokenizer: PreTrainedTokenizerBase, examples: list[dict[str, str]]
+) -> Callable[[PreTrainedModel], float] | None:
+    """model -> log-likelihood accuracy on the validation examples, computed only when it chooses the checkpoint."""
+    if config.select_checkpoint != "accuracy" or not examples:
+        return None
+    spec, protocol = get_dataset(config.dataset), get_protocol(config.protocol)
+    return lambda model: option_accuracy(model, tokenizer, examples, spec, protocol)
+
+
+def _eval_loss_at(state: TrainerState, checkpoint: Path) -> float | None:
+    step = int(checkpoint.name.rsplit("-", 1)[1])
+    losses = [entry["eval_loss"] for entry in state.log_history if "eval_loss" in entry and entry["step"] == step]
+    return losses[-1] if losses else None
+
+
 def _checkpoint_selection(args: TrainingArguments, state: TrainerState) -> str:
     """How the checkpoint to evaluate was chosen; says so when validation could not choose one."""
-    if not args.load_best_model_at_end:
+    if args.eval_strategy == "no":
         return "last (no validation)"
+    if not args.load_best_model_at_end:
+        return "last (--select_checkpoint last)"
     if state.best_model_checkpoint is not None:
         return f"best {args.metric_for_best_model} on the validation set"
     why = "validation never ran" if state.best_metric is None else f"every validation gave {state.best_metric}"

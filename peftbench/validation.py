@@ -1,20 +1,31 @@
-"""Validation loss that cannot go NaN: summed over every label token of the whole validation set.
+"""Validation that cannot go NaN, and the metrics a checkpoint can be chosen by (``--select_checkpoint``).
 
 The Trainer's own evaluation averages per-batch mean losses. A batch whose labels are all masked has
 a mean of 0/0 = NaN, NaN never compares as better, and the best checkpoint is then never chosen,
 silently (likely with ``--batch 1`` or ``2`` on long prompts). Here every label token weighs the
 same whatever batch it falls in, and a batch without label tokens adds nothing.
+
+Beside ``eval_loss`` (the official rule) it reports ``eval_answer_loss``, the loss on the answer keyword's
+tokens alone ("true" of "the correct answer is true", which a loss over the whole response hides behind
+the template tokens), and, when asked, ``eval_accuracy``: log-likelihood accuracy on the validation
+examples with the evaluation's own scorer.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer
+from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
-from peftbench.data.prompts import IGNORE_INDEX
+from peftbench.data.prompts import IGNORE_INDEX, build_prompt, eval_prompt_ids, scored_sequences
+from peftbench.data.registry import DatasetSpec
+from peftbench.data.sources import answer_options
+from peftbench.evaluate.loglik import score_options
+from peftbench.protocols import Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -29,39 +40,84 @@ def label_loss_totals(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return torch.stack([total.double(), count.double()])
 
 
+class AnswerLabelCollator(DataCollatorForSeq2Seq):
+    """DataCollatorForSeq2Seq that also pads ``answer_labels`` (validation only) to the labels' width."""
+
+    def __call__(self, features: list[dict[str, Any]], return_tensors: str | None = None) -> dict[str, Any]:
+        answers = [f.pop("answer_labels") for f in features] if "answer_labels" in features[0] else None
+        batch = super().__call__(features, return_tensors)
+        if answers is not None:
+            width = batch["labels"].shape[1]
+            batch["answer_labels"] = torch.tensor([a + [IGNORE_INDEX] * (width - len(a)) for a in answers])
+        return batch
+
+
+def option_accuracy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[dict[str, str]],
+    spec: DatasetSpec,
+    protocol: Protocol,
+) -> float:
+    """Log-likelihood accuracy on the examples, scored exactly as ``--eval_mode loglik`` scores a benchmark."""
+    prompts = [build_prompt(e, protocol) for e in examples]
+    correct = 0
+    for example, prompt, ids in zip(examples, prompts, eval_prompt_ids(tokenizer, prompts, protocol), strict=True):
+        options = answer_options(example, spec)
+        responses = [spec.response_template.format(answer=o) for o in options]
+        sequences = scored_sequences(tokenizer, prompt, ids, responses, protocol)
+        best = score_options(model, tokenizer.pad_token_id, len(ids), sequences).best()
+        correct += options[best] == example["answer"]
+    return correct / len(examples)
+
+
 class TokenWeightedTrainer(Trainer):
     """A Trainer whose ``eval_loss`` is the token-weighted loss over the whole validation set.
 
     With no label token at all it reports ``eval_loss = inf``: no checkpoint is chosen by it, and the
-    run records why (see ``train``).
+    run records why (see ``train``). ``accuracy`` (model -> validation accuracy) adds ``eval_accuracy``.
     """
+
+    def __init__(self, *args: Any, accuracy: Callable[[PreTrainedModel], float] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.accuracy = accuracy
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:  # noqa: ANN001
         dataloader = self.get_eval_dataloader(eval_dataset)
         model, was_training = self.model, self.model.training
         model.eval()
-        totals = torch.zeros(2, dtype=torch.float64, device=self.args.device)
+        totals = torch.zeros(4, dtype=torch.float64, device=self.args.device)  # loss, tokens, answer loss, tokens
         empty_batches = 0
         with torch.no_grad():
             for inputs in dataloader:
                 inputs = self._prepare_inputs(inputs)
-                labels = inputs.pop("labels")
+                labels, answer_labels = inputs.pop("labels"), inputs.pop("answer_labels", None)
                 with self.compute_loss_context_manager():
                     logits = model(**inputs).logits
                 batch_totals = label_loss_totals(logits, labels)
                 empty_batches += int(batch_totals[1] == 0)
-                totals += batch_totals
+                totals[:2] += batch_totals
+                if answer_labels is not None:
+                    totals[2:] += label_loss_totals(logits, answer_labels)
+            accuracy = self.accuracy(model) if self.accuracy is not None else None
         model.train(was_training)
         totals = self.accelerator.reduce(totals, reduction="sum")
         tokens = int(totals[1])
-        loss = float(totals[0] / tokens) if tokens else float("inf")
         if not tokens:
             logger.warning("validation set has no label tokens: no checkpoint can be chosen by validation loss")
         metrics = {
-            f"{metric_key_prefix}_loss": loss,
+            f"{metric_key_prefix}_loss": _mean(totals[0], totals[1]),
+            f"{metric_key_prefix}_answer_loss": _mean(totals[2], totals[3]),
             f"{metric_key_prefix}_label_tokens": tokens,
             f"{metric_key_prefix}_batches_without_labels": empty_batches,
         }
+        if accuracy is not None:
+            metrics[f"{metric_key_prefix}_accuracy"] = accuracy
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+def _mean(total: torch.Tensor, count: torch.Tensor) -> float:
+    """Loss per token; inf (never chosen as best) when there is no token."""
+    return float(total / count) if count else float("inf")

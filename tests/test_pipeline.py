@@ -28,10 +28,10 @@ def test_second_build_loads_the_tokenized_cache(tokenizer, tmp_path, monkeypatch
 
     monkeypatch.setattr(pipeline, "tokenize_batch", counting)
     config = RunConfig(peft_type="lora", dataset="boolq", data_dir=str(LLM_ADAPTERS), max_train_samples=300)
-    first_train, first_validation, info = pipeline.build_datasets(config, tokenizer)
+    first_train, first_validation, _, info = pipeline.build_datasets(config, tokenizer)
     assert calls and len(first_train) == 300 and len(first_validation) == 120
     calls.clear()
-    second_train, _, second_info = pipeline.build_datasets(config, tokenizer)
+    second_train, _, _, second_info = pipeline.build_datasets(config, tokenizer)
     assert not calls, "tokenized again instead of loading the cache"
     assert second_train["input_ids"] == first_train["input_ids"] and second_info == info
     assert {f"{info['tokenization_cache']}-train", f"{info['tokenization_cache']}-validation"} <= {

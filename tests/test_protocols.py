@@ -169,3 +169,66 @@ def test_flags_override_the_protocol_on_the_command_line() -> None:
     assert (config.protocol, config.train_on_inputs, config.warmup, config.weight_decay) == (
         "llm-adapters", False, 3, 0.0
     )  # fmt: skip
+
+
+def test_answer_labels_keep_only_the_answer_keyword(tokenizer) -> None:
+    example = {"instruction": "Q?", "input": "", "output": "the correct answer is true", "answer": "true"}
+    for protocol in (HIRA, LLM_ADAPTERS):
+        columns = tokenize_batch({k: [v] for k, v in example.items()}, tokenizer, protocol, 256, True, True)
+        kept = [t for t in columns["answer_labels"][0] if t != IGNORE_INDEX]
+        assert tokenizer.decode(kept).strip() == "true", protocol.name
+        assert len(columns["answer_labels"][0]) == len(columns["input_ids"][0])
+
+
+@pytest.mark.parametrize("rule", ["accuracy", "answer_loss", "last"])
+def test_select_checkpoint_chooses_by_its_metric(rule: str, tiny_neo, data_dir, tmp_path, monkeypatch) -> None:
+    from peftbench.runs import read_records
+    from peftbench.train import train
+
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path / "cache"))
+    config = RunConfig(
+        peft_type="lora", model_name=str(tiny_neo), dataset="boolq", r_ab=4, batch=4, lr=2e-2, max_steps=6,
+        eval_strategy="steps", eval_steps=2, val_set_size=8, max_train_samples=48, save_total_limit=0,
+        select_checkpoint=rule, data_dir=data_dir, output_folder=str(tmp_path / "results"),
+    )  # fmt: skip
+    result = train(config)
+    state_entries = [e for e in read_records(result.run_dir / "output.jsonl") if e.get("event") == "train_end"]
+    import json
+
+    history = json.loads((result.run_dir / "trainer_state.json").read_text())["log_history"]
+    evaluations = [e for e in history if "eval_loss" in e]
+    assert len(evaluations) == 3 and all(0 < e["eval_answer_loss"] < e["eval_loss"] * 10 for e in evaluations)
+    chosen = int(result.checkpoint.name.split("-")[1])
+    if rule == "last":
+        assert chosen == 6 and state_entries[-1]["checkpoint_selection"] == "last (--select_checkpoint last)"
+        return
+    values = [e[f"eval_{rule}"] for e in evaluations]
+    best = values.index(max(values) if rule == "accuracy" else min(values))
+    assert chosen == evaluations[best]["step"] and state_entries[-1]["selection_metric"] == f"eval_{rule}"
+    if rule == "accuracy":
+        assert all(v in {i / 8 for i in range(9)} for v in values)  # a fraction of the 8 validation examples
+
+
+def test_training_pads_at_the_end_whatever_the_tokenizer_says(tmp_path) -> None:
+    """Not replicated: the official left padding without position ids (README, 'Not replicated')."""
+    from peftbench.models import load_tokenizer
+
+    saved = make_tokenizer()
+    saved.padding_side = "left"
+    saved.save_pretrained(tmp_path)
+    assert load_tokenizer(str(tmp_path)).padding_side == "right"
+
+
+@pytest.mark.parametrize("protocol", [HIRA, LLM_ADAPTERS], ids=lambda p: p.name)
+def test_truncation_counts_agree_with_the_training_features(protocol, tokenizer, data_dir) -> None:
+    from peftbench.data.tools import truncation_counts
+
+    examples = load_test_examples("hellaswag", data_dir).examples + load_test_examples("boolq", data_dir).examples[:50]
+    columns = {key: [e[key] for e in examples] for key in ("instruction", "input", "output")}
+    cut = tokenize_batch(columns, tokenizer, protocol, 200, train_on_inputs=False)
+    uncut = dataclasses.replace(protocol, answer_max_tokens=protocol.answer_max_tokens and 10**6)
+    whole = tokenize_batch(columns, tokenizer, uncut, 10**6, train_on_inputs=False)
+    differs = sum(a != b for a, b in zip(cut["input_ids"], whole["input_ids"], strict=True))
+    no_label = sum(all(label == IGNORE_INDEX for label in labels) for labels in cut["labels"])
+    assert truncation_counts(examples, tokenizer, protocol, 200) == (differs, no_label)
+    assert differs > 50 and (no_label == 0) == (protocol is HIRA)

@@ -221,6 +221,7 @@ def test_an_unreachable_hub_is_asked_once(monkeypatch, tmp_path) -> None:
     import datasets
     import huggingface_hub.constants
 
+    from peftbench.data import sources
     from peftbench.data.tools import stats_rows
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
@@ -235,6 +236,7 @@ def test_an_unreachable_hub_is_asked_once(monkeypatch, tmp_path) -> None:
         raise ConnectionError(f"Couldn't reach '{path}' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    monkeypatch.setattr(sources, "hub_unreachable", lambda: None)  # the host answers; the download fails
     sys.path.insert(0, str(Path(__file__).parent))
     from tiny import make_tokenizer
 
@@ -242,3 +244,26 @@ def test_an_unreachable_hub_is_asked_once(monkeypatch, tmp_path) -> None:
     assert len(rows) == 1 + 8 and all(r[2].startswith("unavailable: no ") for r in rows[1:])
     assert attempts == ["google/boolq"]  # one hub attempt; the seven other splits fail at once, offline
     assert datasets.config.HF_HUB_OFFLINE and huggingface_hub.constants.HF_HUB_OFFLINE
+
+
+def test_a_hub_host_that_does_not_answer_switches_to_offline_before_any_download(monkeypatch) -> None:
+    import datasets
+    import huggingface_hub.constants
+
+    from peftbench.data import sources
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    monkeypatch.setattr(sources, "hub_unreachable", lambda: "huggingface.co: [Errno -2] Name or service not known")
+    online_calls = []
+
+    def offline_only(path: str, *args, **kwargs):
+        online_calls.append(not datasets.config.HF_HUB_OFFLINE)
+        raise ConnectionError(f"Couldn't reach '{path}' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline_only)
+    with pytest.raises(UserError, match=r"hub:ybisk/piqa\[train\] could not be loaded"):
+        sources.load_train_examples("piqa", "/nonexistent")
+    assert online_calls == [False]  # asked once, offline: the local datasets cache may still answer

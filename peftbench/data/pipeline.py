@@ -10,7 +10,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from datasets import Dataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
@@ -53,9 +53,14 @@ def tokenization_key(data_sha256: str, config: RunConfig, tokenizer: PreTrainedT
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def build_datasets(
-    config: RunConfig, tokenizer: PreTrainedTokenizerBase
-) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
+class TrainingData(NamedTuple):
+    train: Dataset
+    validation: Dataset | None  # tokenized, with answer_labels beside labels
+    validation_examples: list[dict[str, str]]  # the same examples as text, for validation accuracy
+    info: dict[str, Any]  # what output.jsonl records about the data
+
+
+def build_datasets(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> TrainingData:
     """Seeded validation hold-out (as the official HiRA code), optional seeded subsample, tokenization.
 
     Tokenized sets are cached under ~/.cache/peftbench/tokenized (or $PEFTBENCH_CACHE), so a second run
@@ -76,7 +81,7 @@ def build_datasets(
     arguments = {"tokenizer": tokenizer, "protocol": protocol, "max_length": config.max_length,
                  "train_on_inputs": config.train_on_inputs}  # fmt: skip
 
-    def tokenized(dataset: Dataset, part: str) -> Dataset:
+    def tokenized(dataset: Dataset, part: str, answer_labels: bool = False) -> Dataset:
         # datasets' own map cache is off for in-memory data, so the cache is explicit: one folder per key.
         cached = folder / f"{key}-{part}"
         if cached.is_dir():
@@ -86,7 +91,7 @@ def build_datasets(
             tokenize_batch,
             batched=True,
             batch_size=2000,
-            fn_kwargs=arguments,
+            fn_kwargs={**arguments, "answer_labels": answer_labels},
             remove_columns=dataset.column_names,
             desc=f"tokenize {part}",
             # Worth the process start-up only for large sets (170k examples: 36 s with 2 processes, 72 s with 1).
@@ -114,7 +119,9 @@ def build_datasets(
         "dropped_without_labels": without_labels,
         "tokenization_cache": key,
     }
-    return train, (tokenized(validation, "validation") if validation is not None else None), info
+    if validation is None:
+        return TrainingData(train, None, [], info)
+    return TrainingData(train, tokenized(validation, "validation", answer_labels=True), validation.to_list(), info)
 
 
 def _validation_seed(protocol: Protocol, run_seed: int) -> int:

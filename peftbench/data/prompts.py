@@ -47,6 +47,7 @@ def tokenize_batch(
     protocol: Protocol,
     max_length: int,
     train_on_inputs: bool,
+    answer_labels: bool = False,
 ) -> dict[str, list[list[int]]]:
     """Training features; labels mask the prompt unless train_on_inputs.
 
@@ -54,6 +55,8 @@ def tokenize_batch(
     a fast tokenizer works in parallel. With ``answer_max_tokens`` (hira) the prompt alone is cut at
     max_length and the answer is always appended; otherwise prompt + answer are cut together at max_length
     (an over-long prompt then leaves no label: ``data stats`` counts such examples and training drops them).
+    ``answer_labels`` adds labels that keep only the answer keyword's tokens ("true" of "the correct answer
+    is true"), for ``--select_checkpoint answer_loss``.
     """
     rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
     prompts = [build_prompt(row, protocol) for row in rows]
@@ -65,7 +68,9 @@ def tokenize_batch(
         texts = [p + row["output"] for p, row in zip(prompts, rows, strict=True)]
         sequences = [ids[:max_length] for ids in _ids(tokenizer, texts, protocol.special_tokens)]
     columns: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
-    for ids, prompt in zip(sequences, prompt_ids, strict=True):
+    keyword_starts = _keyword_starts(tokenizer, protocol, rows, prompts, prompt_ids, sequences) if answer_labels else []
+    for i, (ids, prompt) in enumerate(zip(sequences, prompt_ids, strict=True)):
+        real_length = len(ids)  # before EOS: the answer keyword ends here
         # As LLM-Adapters: EOS only when the text fits, so a cut example does not learn to stop mid-answer.
         if protocol.append_eos and len(ids) < max_length and ids[-1] != tokenizer.eos_token_id:
             ids.append(tokenizer.eos_token_id)
@@ -73,7 +78,62 @@ def tokenize_batch(
         columns["input_ids"].append(ids)
         columns["attention_mask"].append([1] * len(ids))
         columns["labels"].append([IGNORE_INDEX] * masked + ids[masked:])
+        if answer_labels:
+            start = min(keyword_starts[i], real_length)
+            keyword = ids[start:real_length]
+            columns.setdefault("answer_labels", []).append(
+                [IGNORE_INDEX] * start + keyword + [IGNORE_INDEX] * (len(ids) - real_length)
+            )
     return columns
+
+
+def _keyword_starts(
+    tokenizer: PreTrainedTokenizerBase,
+    protocol: Protocol,
+    rows: list[dict[str, Any]],
+    prompts: list[str],
+    prompt_ids: list[list[int]],
+    sequences: list[list[int]],
+) -> list[int]:
+    """Where each sequence's answer keyword starts: the length of prompt + response up to the keyword, when those
+    tokens are a prefix of the sequence (else the response's start, so the whole response counts)."""
+    heads = []
+    for row in rows:
+        response = row["output"].strip() if protocol.answer_max_tokens is not None else row["output"]
+        cut = response.rfind(row["answer"])
+        heads.append(response[:cut].rstrip() if cut > 0 else "")
+    if protocol.answer_max_tokens is not None:
+        head_ids = [p + h for p, h in zip(prompt_ids, _ids(tokenizer, heads, False), strict=True)]
+    else:
+        texts = [p + h for p, h in zip(prompts, heads, strict=True)]
+        head_ids = _ids(tokenizer, texts, protocol.special_tokens)
+    return [
+        len(head) if sequence[: len(head)] == head else len(prompt)
+        for head, sequence, prompt in zip(head_ids, sequences, prompt_ids, strict=True)
+    ]
+
+
+def token_lengths(
+    examples: Sequence[dict[str, str]], tokenizer: PreTrainedTokenizerBase, protocol: Protocol
+) -> list[tuple[int, int]]:
+    """(prompt tokens, answer tokens) of each example before any cut, tokenized as ``tokenize_batch`` does."""
+    prompts = [build_prompt(e, protocol) for e in examples]
+    prompt_ids = _ids(tokenizer, prompts, protocol.special_tokens)
+    if protocol.answer_max_tokens is not None:
+        answers = [len(ids) for ids in _ids(tokenizer, [e["output"].strip() for e in examples], False)]
+    else:
+        texts = [p + e["output"] for p, e in zip(prompts, examples, strict=True)]
+        answers = [len(f) - len(p) for f, p in zip(_ids(tokenizer, texts, protocol.special_tokens), prompt_ids,
+                                                     strict=True)]  # fmt: skip
+    return [(len(p), a) for p, a in zip(prompt_ids, answers, strict=True)]
+
+
+def truncation(prompt_tokens: int, answer_tokens: int, protocol: Protocol, max_length: int) -> tuple[bool, bool]:
+    """(the example loses tokens, it loses its whole answer) under ``tokenize_batch``'s cut."""
+    if protocol.answer_max_tokens is not None:  # the prompt alone is cut; the answer is cut at its own limit
+        return prompt_tokens > max_length or answer_tokens > protocol.answer_max_tokens, answer_tokens == 0
+    eos = int(protocol.append_eos)  # an EOS that no longer fits is lost too
+    return prompt_tokens + answer_tokens + eos > max_length, prompt_tokens >= max_length
 
 
 def eval_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], protocol: Protocol) -> list[list[int]]:

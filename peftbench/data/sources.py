@@ -13,11 +13,14 @@ the record, ``"skip"`` drops it and logs a summary with locations.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import re
+import socket
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,11 +182,27 @@ def _unreachable(exc: BaseException) -> bool:
     return False
 
 
+@functools.cache
+def hub_unreachable() -> str | None:
+    """Why the hub cannot be reached (one TCP connection, 5 s at most, once per process), or None.
+    Without it the first dataset would spend ~20 s in huggingface_hub's retries to learn the same."""
+    from huggingface_hub.constants import ENDPOINT
+
+    host = urllib.parse.urlparse(ENDPOINT).hostname or ENDPOINT
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as exc:
+        return f"{host}: {exc}"
+    return None
+
+
 def _load_hub(spec: DatasetSpec, split: str, on_bad: str) -> Loaded:
     from datasets import load_dataset
 
     hub = spec.hub
     origin = f"hub:{hub.path}" + (f"/{hub.name}" if hub.name else "") + f"[{split}]"
+    if not hub_offline() and (reason := hub_unreachable()) is not None:
+        go_offline(reason)  # the local datasets cache still answers below
     was_offline = hub_offline()
     try:
         rows = load_dataset(hub.path, hub.name, split=split)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections import Counter
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from peftbench.data.prompts import IGNORE_INDEX, build_prompt, tokenize_batch
+from peftbench.data.prompts import token_lengths, truncation
 from peftbench.data.registry import COMMON_170K, get_dataset
 from peftbench.data.sources import Loaded, load_test_examples, load_train_examples
 from peftbench.errors import UserError
@@ -48,13 +47,8 @@ def truncation_counts(
     examples: list[dict], tokenizer: PreTrainedTokenizerBase, protocol: Protocol, max_length: int
 ) -> tuple[int, int]:
     """(examples that lose tokens to truncation, examples whose answer is cut away entirely) under a protocol."""
-    columns = {key: [e[key] for e in examples] for key in ("instruction", "input", "output")}
-    cut = tokenize_batch(columns, tokenizer, protocol, max_length, train_on_inputs=False)
-    uncut_protocol = dataclasses.replace(protocol, answer_max_tokens=protocol.answer_max_tokens and 10**9)
-    whole = tokenize_batch(columns, tokenizer, uncut_protocol, 10**9, train_on_inputs=False)
-    lost = sum(ids != full for ids, full in zip(cut["input_ids"], whole["input_ids"], strict=True))
-    no_answer = sum(all(label == IGNORE_INDEX for label in labels) for labels in cut["labels"])
-    return lost, no_answer
+    counts = [truncation(p, a, protocol, max_length) for p, a in token_lengths(examples, tokenizer, protocol)]
+    return sum(cut for cut, _ in counts), sum(lost for _, lost in counts)
 
 
 def stats_rows(names: list[str], data_dir: str, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[list[str]]:
@@ -78,8 +72,7 @@ def stats_rows(names: list[str], data_dir: str, tokenizer: PreTrainedTokenizerBa
                 continue
             counts = Counter(e["answer"] for e in examples)
             balance = " ".join(f"{k}:{100 * v / len(examples):.0f}%" for k, v in sorted(counts.items()))
-            texts = [build_prompt(e, HIRA) + e["output"] for e in examples]
-            lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            lengths = [p + a for p, a in token_lengths(examples, tokenizer, HIRA)]
             row = [name, split, str(len(examples)), str(loaded.skipped), balance, _percentiles(lengths)]
             for protocol in PROTOCOLS.values():
                 row += [str(count) for count in truncation_counts(examples, tokenizer, protocol, max_length)]
