@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def flags(model: Path, data_dir: str, **overrides: object) -> list[str]:
     settings = {"peft_type": "lora", "model_name": model, "r_ab": 4, "batch": 4, "lr": 1e-2, "max_steps": 40,
-                "max_train_samples": 400, "val_set_size": 0, "eval_steps": 2, "logging_steps": 1,
-                "data_dir": data_dir, "output_folder": "results"}  # fmt: skip
+                "max_train_samples": 400, "val_set_size": 0, "eval_strategy": "steps", "eval_steps": 2,
+                "logging_steps": 1, "data_dir": data_dir, "output_folder": "results"}  # fmt: skip
     settings.update(overrides)
     return [f"--{key}={value}" for key, value in settings.items() if value is not None]
 

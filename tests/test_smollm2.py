@@ -27,6 +27,7 @@ def test_hira_on_smollm2_learns_to_answer_in_the_benchmark_format(tmp_path: Path
             max_steps=24,
             max_train_samples=192,
             val_set_size=16,
+            eval_strategy="steps",  # the hira protocol's default is once per epoch
             eval_steps=12,
             logging_steps=1,
             output_folder=str(tmp_path / "results_hira"),
