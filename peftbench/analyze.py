@@ -145,36 +145,42 @@ VARIANT_FIELDS = (
 )  # fmt: skip
 
 
-def _run_config(record: dict[str, Any]) -> dict[str, Any]:
-    """The training configuration of the run a result's checkpoint came from ({} for zero-shot or unknown)."""
-    if not record.get("ckpt"):
+def _run_config(ckpt: str | None) -> dict[str, Any]:
+    """The training configuration of the run a checkpoint came from ({} for zero-shot or unknown)."""
+    if not ckpt:
         return {}
     try:
-        lines = read_records(find_run_record(Path(record["ckpt"])))
+        lines = read_records(find_run_record(Path(ckpt)))
     except (UserError, OSError):
         return {}
     return lines[0].get("config", {}) if lines else {}
 
 
-def _variant(record: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    run, eval_config = _run_config(record), record.get("eval_config", {})
-    sources = {"run": run, "eval": eval_config}
+def _variant(record: dict[str, Any], run: dict[str, Any]) -> tuple[str, ...]:
+    """The record's value of each VARIANT_FIELDS entry, as text."""
+    sources = {"run": run, "eval": record.get("eval_config", {})}
     values = []
-    for label, where in VARIANT_FIELDS:
+    for _, where in VARIANT_FIELDS:
         scope, _, key = where.rpartition(":")
-        values.append((label, str(sources[scope].get(key) if scope else record.get(key))))
+        values.append(str(sources[scope].get(key) if scope else record.get(key)))
     return tuple(values)
 
 
 def _row_labels(records: list[dict[str, Any]]) -> list[str]:
     """Each record's row: its method, plus whatever differs between that method's runs ('lora (lr=0.001)')."""
-    variants = [_variant(r) for r in records]
+    runs = {ckpt: _run_config(ckpt) for ckpt in {r.get("ckpt") for r in records}}  # each run record read once
+    variants = [_variant(r, runs[r.get("ckpt")]) for r in records]
+    by_method: dict[str, list[tuple[str, ...]]] = {}
+    for record, variant in zip(records, variants, strict=True):
+        by_method.setdefault(record["peft_type"], []).append(variant)
+    differing = {
+        method: [i for i in range(len(VARIANT_FIELDS)) if len({v[i] for v in found}) > 1]
+        for method, found in by_method.items()
+    }
     labels = []
     for record, variant in zip(records, variants, strict=True):
         method = record["peft_type"]
-        others = [v for r, v in zip(records, variants, strict=True) if r["peft_type"] == method]
-        differing = [i for i in range(len(variant)) if len({v[i][1] for v in others}) > 1]
-        suffix = ", ".join(f"{variant[i][0]}={variant[i][1]}" for i in differing)
+        suffix = ", ".join(f"{VARIANT_FIELDS[i][0]}={variant[i]}" for i in differing[method])
         labels.append(f"{method} ({suffix})" if suffix else method)
     return labels
 
@@ -198,8 +204,7 @@ def accuracy_table(records: list[dict[str, Any]]) -> AccuracyTable:
         newest[key] = group[-1]
         if len(group) > 1:
             superseded[key] = [r["result_file"] for r in group[:-1]]
-    base_order = (*METHOD_ORDER,)
-    methods = sorted({m for m, _ in newest}, key=lambda m: (_method_rank(m, base_order), m))
+    methods = sorted({m for m, _ in newest}, key=lambda m: (_method_rank(m), m))
     order = benchmark_names()
     datasets = sorted({d for _, d in newest}, key=lambda d: order.index(d) if d in order else len(order))
     cells = {}
@@ -210,9 +215,9 @@ def accuracy_table(records: list[dict[str, Any]]) -> AccuracyTable:
     return AccuracyTable(methods, datasets, cells, newest, superseded)
 
 
-def _method_rank(label: str, order: tuple[str, ...]) -> int:
+def _method_rank(label: str) -> int:
     method = label.split(" (", 1)[0]
-    return order.index(method) if method in order else len(order)
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
 
 
 def to_markdown(rows: list[list[str]]) -> str:

@@ -21,23 +21,30 @@ import torch
 import torch.nn.functional as F
 from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
-from peftbench.data.prompts import IGNORE_INDEX, build_prompt, eval_prompt_ids, scored_sequences
+from peftbench.data.prompts import IGNORE_INDEX, build_prompt
 from peftbench.data.registry import DatasetSpec
-from peftbench.data.sources import answer_options
-from peftbench.evaluate.loglik import score_options
+from peftbench.evaluate.loglik import score_questions
 from peftbench.protocols import Protocol
 
 logger = logging.getLogger(__name__)
 
 
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of each next target token (fp32), 0 where the target is ignored: [batch, len - 1]."""
+    return F.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets[:, 1:], ignore_index=IGNORE_INDEX, reduction="none"
+    )
+
+
+def masked_totals(nll: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[summed NLL of the tokens ``labels`` keeps, their number], in float64."""
+    kept = labels[:, 1:] != IGNORE_INDEX
+    return torch.stack([nll[kept].sum().double(), kept.sum().double()])
+
+
 def label_loss_totals(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """[summed negative log-likelihood of the label tokens, number of label tokens], in float64."""
-    predicted, targets = logits[:, :-1].float(), labels[:, 1:]
-    total = F.cross_entropy(
-        predicted.reshape(-1, predicted.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    count = (targets != IGNORE_INDEX).sum()
-    return torch.stack([total.double(), count.double()])
+    return masked_totals(token_nll(logits, labels), labels)
 
 
 class AnswerLabelCollator(DataCollatorForSeq2Seq):
@@ -61,13 +68,8 @@ def option_accuracy(
 ) -> float:
     """Log-likelihood accuracy on the examples, scored exactly as ``--eval_mode loglik`` scores a benchmark."""
     prompts = [build_prompt(e, protocol) for e in examples]
-    correct = 0
-    for example, prompt, ids in zip(examples, prompts, eval_prompt_ids(tokenizer, prompts, protocol), strict=True):
-        options = answer_options(example, spec)
-        responses = [spec.response_template.format(answer=o) for o in options]
-        sequences = scored_sequences(tokenizer, prompt, ids, responses, protocol)
-        best = score_options(model, tokenizer.pad_token_id, len(ids), sequences).best()
-        correct += options[best] == example["answer"]
+    scored = score_questions(model, tokenizer, examples, prompts, spec, protocol)
+    correct = sum(options[scores.best()] == e["answer"] for e, (options, scores) in zip(examples, scored, strict=True))
     return correct / len(examples)
 
 
@@ -94,11 +96,17 @@ class TokenWeightedTrainer(Trainer):
                 labels, answer_labels = inputs.pop("labels"), inputs.pop("answer_labels", None)
                 with self.compute_loss_context_manager():
                     logits = model(**inputs).logits
-                batch_totals = label_loss_totals(logits, labels)
+                # One vocabulary-wide log-softmax serves both: answer tokens are label tokens or, when the labels
+                # leave them out, are added as targets here.
+                targets = (
+                    labels if answer_labels is None else torch.where(labels != IGNORE_INDEX, labels, answer_labels)
+                )
+                nll = token_nll(logits, targets)
+                batch_totals = masked_totals(nll, labels)
                 empty_batches += int(batch_totals[1] == 0)
                 totals[:2] += batch_totals
                 if answer_labels is not None:
-                    totals[2:] += label_loss_totals(logits, answer_labels)
+                    totals[2:] += masked_totals(nll, answer_labels)
             accuracy = self.accuracy(model) if self.accuracy is not None else None
         model.train(was_training)
         totals = self.accelerator.reduce(totals, reduction="sum")

@@ -110,6 +110,7 @@ def test_hira_cuts_the_answer_at_16_tokens(tokenizer) -> None:
 
 
 def test_llm_adapters_cuts_the_whole_sequence_so_the_answer_can_be_lost(tokenizer) -> None:
+    from peftbench.data.prompts import token_lengths
     from peftbench.data.tools import truncation_counts
 
     masked = _features(LONG, tokenizer, LLM_ADAPTERS, max_length=256)
@@ -119,8 +120,8 @@ def test_llm_adapters_cuts_the_whole_sequence_so_the_answer_can_be_lost(tokenize
     fits = _features(short, tokenizer, LLM_ADAPTERS, train_on_inputs=True)
     assert fits["input_ids"][-1] == tokenizer.eos_token_id and fits["labels"] == fits["input_ids"]
     # Counted, per protocol: (cut, answer lost).
-    assert truncation_counts([LONG, short], tokenizer, LLM_ADAPTERS, 256) == (1, 1)
-    assert truncation_counts([LONG, short], tokenizer, HIRA, 256) == (1, 0)
+    for protocol, counts in ((LLM_ADAPTERS, (1, 1)), (HIRA, (1, 0))):
+        assert truncation_counts(token_lengths([LONG, short], tokenizer, protocol), protocol, 256) == counts
 
 
 def test_hira_evaluates_bos_plus_the_prompt_cut_at_256(tokenizer) -> None:
@@ -221,6 +222,7 @@ def test_training_pads_at_the_end_whatever_the_tokenizer_says(tmp_path) -> None:
 
 @pytest.mark.parametrize("protocol", [HIRA, LLM_ADAPTERS], ids=lambda p: p.name)
 def test_truncation_counts_agree_with_the_training_features(protocol, tokenizer, data_dir) -> None:
+    from peftbench.data.prompts import token_lengths
     from peftbench.data.tools import truncation_counts
 
     examples = load_test_examples("hellaswag", data_dir).examples + load_test_examples("boolq", data_dir).examples[:50]
@@ -230,5 +232,5 @@ def test_truncation_counts_agree_with_the_training_features(protocol, tokenizer,
     whole = tokenize_batch(columns, tokenizer, uncut, 10**6, train_on_inputs=False)
     differs = sum(a != b for a, b in zip(cut["input_ids"], whole["input_ids"], strict=True))
     no_label = sum(all(label == IGNORE_INDEX for label in labels) for labels in cut["labels"])
-    assert truncation_counts(examples, tokenizer, protocol, 200) == (differs, no_label)
+    assert truncation_counts(token_lengths(examples, tokenizer, protocol), protocol, 200) == (differs, no_label)
     assert differs > 50 and (no_label == 0) == (protocol is HIRA)

@@ -59,14 +59,12 @@ def tokenize_batch(
     is true"), for ``--select_checkpoint answer_loss``.
     """
     rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-    prompts = [build_prompt(row, protocol) for row in rows]
-    prompt_ids = [ids[:max_length] for ids in _ids(tokenizer, prompts, protocol.special_tokens)]
+    prompts, whole_prompts, tails = _uncut(rows, tokenizer, protocol)
+    prompt_ids = [ids[:max_length] for ids in whole_prompts]
     if protocol.answer_max_tokens is not None:
-        answers = _answer_ids(tokenizer, [row["output"] for row in rows], protocol)
-        sequences = [p + a for p, a in zip(prompt_ids, answers, strict=True)]
+        sequences = [p + a[: protocol.answer_max_tokens] for p, a in zip(prompt_ids, tails, strict=True)]
     else:
-        texts = [p + row["output"] for p, row in zip(prompts, rows, strict=True)]
-        sequences = [ids[:max_length] for ids in _ids(tokenizer, texts, protocol.special_tokens)]
+        sequences = [ids[:max_length] for ids in tails]
     columns: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
     keyword_starts = _keyword_starts(tokenizer, protocol, rows, prompts, prompt_ids, sequences) if answer_labels else []
     for i, (ids, prompt) in enumerate(zip(sequences, prompt_ids, strict=True)):
@@ -113,19 +111,26 @@ def _keyword_starts(
     ]
 
 
+def _uncut(
+    examples: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, protocol: Protocol
+) -> tuple[list[str], list[list[int]], list[list[int]]]:
+    """(prompts, prompt ids, tails) before any cut. The tail is the answer tokenized on its own (hira: stripped,
+    no special tokens) when the protocol cuts the answer separately, else the whole prompt + answer sequence."""
+    prompts = [build_prompt(e, protocol) for e in examples]
+    prompt_ids = _ids(tokenizer, prompts, protocol.special_tokens)
+    if protocol.answer_max_tokens is not None:
+        return prompts, prompt_ids, _ids(tokenizer, [e["output"].strip() for e in examples], False)
+    texts = [p + e["output"] for p, e in zip(prompts, examples, strict=True)]
+    return prompts, prompt_ids, _ids(tokenizer, texts, protocol.special_tokens)
+
+
 def token_lengths(
     examples: Sequence[dict[str, str]], tokenizer: PreTrainedTokenizerBase, protocol: Protocol
 ) -> list[tuple[int, int]]:
     """(prompt tokens, answer tokens) of each example before any cut, tokenized as ``tokenize_batch`` does."""
-    prompts = [build_prompt(e, protocol) for e in examples]
-    prompt_ids = _ids(tokenizer, prompts, protocol.special_tokens)
-    if protocol.answer_max_tokens is not None:
-        answers = [len(ids) for ids in _ids(tokenizer, [e["output"].strip() for e in examples], False)]
-    else:
-        texts = [p + e["output"] for p, e in zip(prompts, examples, strict=True)]
-        answers = [len(f) - len(p) for f, p in zip(_ids(tokenizer, texts, protocol.special_tokens), prompt_ids,
-                                                     strict=True)]  # fmt: skip
-    return [(len(p), a) for p, a in zip(prompt_ids, answers, strict=True)]
+    _, prompt_ids, tails = _uncut(examples, tokenizer, protocol)
+    joint = protocol.answer_max_tokens is None  # the tail holds the prompt too
+    return [(len(p), len(t) - len(p) * joint) for p, t in zip(prompt_ids, tails, strict=True)]
 
 
 def truncation(prompt_tokens: int, answer_tokens: int, protocol: Protocol, max_length: int) -> tuple[bool, bool]:

@@ -43,11 +43,10 @@ def _percentiles(lengths: list[int]) -> str:
     return f"{p50:.0f}/{p90:.0f}/{p99:.0f}/{max(lengths)}"
 
 
-def truncation_counts(
-    examples: list[dict], tokenizer: PreTrainedTokenizerBase, protocol: Protocol, max_length: int
-) -> tuple[int, int]:
-    """(examples that lose tokens to truncation, examples whose answer is cut away entirely) under a protocol."""
-    counts = [truncation(p, a, protocol, max_length) for p, a in token_lengths(examples, tokenizer, protocol)]
+def truncation_counts(lengths: list[tuple[int, int]], protocol: Protocol, max_length: int) -> tuple[int, int]:
+    """(examples that lose tokens to truncation, examples whose answer is cut away entirely) under a protocol,
+    from each example's uncut (prompt, answer) token counts (``token_lengths``)."""
+    counts = [truncation(p, a, protocol, max_length) for p, a in lengths]
     return sum(cut for cut, _ in counts), sum(lost for _, lost in counts)
 
 
@@ -72,9 +71,10 @@ def stats_rows(names: list[str], data_dir: str, tokenizer: PreTrainedTokenizerBa
                 continue
             counts = Counter(e["answer"] for e in examples)
             balance = " ".join(f"{k}:{100 * v / len(examples):.0f}%" for k, v in sorted(counts.items()))
-            lengths = [p + a for p, a in token_lengths(examples, tokenizer, HIRA)]
-            row = [name, split, str(len(examples)), str(loaded.skipped), balance, _percentiles(lengths)]
+            lengths = {key: token_lengths(examples, tokenizer, p) for key, p in PROTOCOLS.items()}
+            totals = [p + a for p, a in lengths[HIRA.name]]
+            row = [name, split, str(len(examples)), str(loaded.skipped), balance, _percentiles(totals)]
             for protocol in PROTOCOLS.values():
-                row += [str(count) for count in truncation_counts(examples, tokenizer, protocol, max_length)]
+                row += [str(count) for count in truncation_counts(lengths[protocol.name], protocol, max_length)]
             rows.append(row)
     return rows

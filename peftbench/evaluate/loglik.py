@@ -8,11 +8,16 @@ option as a full sequence (the reference the fast path is tested against).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from peftbench.data.prompts import eval_prompt_ids, scored_sequences
+from peftbench.data.registry import DatasetSpec
+from peftbench.data.sources import Example, answer_options
+from peftbench.protocols import Protocol
 
 
 @dataclass(frozen=True)
@@ -73,3 +78,20 @@ def score_options_naive(
         logits = model(input_ids=ids).logits[0]
         logprobs.append(float(_token_logprobs(logits[prompt_length - 1 : -1], ids[0, prompt_length:]).sum()))
     return OptionScores(logprobs, [len(s) - prompt_length for s in sequences])
+
+
+def score_questions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    prompts: Sequence[str],
+    spec: DatasetSpec,
+    protocol: Protocol,
+) -> Iterator[tuple[list[str], OptionScores]]:
+    """Each question's options and their scores: the protocol's evaluation prompt, then each option's response
+    tokenized as training tokenizes an answer. ``--eval_mode loglik`` and validation accuracy both score so."""
+    for example, prompt, ids in zip(examples, prompts, eval_prompt_ids(tokenizer, prompts, protocol), strict=True):
+        options = answer_options(example, spec)
+        responses = [spec.response_template.format(answer=option) for option in options]
+        sequences = scored_sequences(tokenizer, prompt, ids, responses, protocol)
+        yield options, score_options(model, tokenizer.pad_token_id, len(ids), sequences)

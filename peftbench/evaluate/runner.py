@@ -24,13 +24,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from peftbench.checkpoint import load_trained
 from peftbench.config import ZERO_SHOT, EvalConfig
-from peftbench.data.prompts import build_prompt, eval_prompt_ids, prompt_version, scored_sequences
+from peftbench.data.prompts import build_prompt, eval_prompt_ids, prompt_version
 from peftbench.data.registry import DatasetSpec, get_dataset, resolve_names
-from peftbench.data.sources import Example, answer_options, load_test_examples
+from peftbench.data.sources import Example, load_test_examples
 from peftbench.errors import UserError
 from peftbench.evaluate.extract import extract_answer
 from peftbench.evaluate.generate import generate_responses
-from peftbench.evaluate.loglik import score_options
+from peftbench.evaluate.loglik import score_questions
 from peftbench.models import (
     choose_precision,
     load_base_model,
@@ -137,26 +137,17 @@ def _generate(
 def _loglik(
     loaded: EvalModel, spec: DatasetSpec, examples: list[Example], prompts: list[str], config: EvalConfig
 ) -> list[dict]:
-    protocol, tokenizer = get_protocol(config.protocol), loaded.tokenizer
-    rows = []
-    prompt_ids = eval_prompt_ids(tokenizer, prompts, protocol)
-    for example, prompt, ids in tqdm(
-        zip(examples, prompts, prompt_ids, strict=True), total=len(examples), desc="loglik", unit="example"
-    ):
-        options = answer_options(example, spec)
-        responses = [spec.response_template.format(answer=option) for option in options]
-        sequences = scored_sequences(tokenizer, prompt, ids, responses, protocol)
-        scores = score_options(loaded.model, tokenizer.pad_token_id, len(ids), sequences)
-        rows.append(
-            {
-                "options": options,
-                "logprobs": scores.logprobs,
-                "token_counts": scores.token_counts,
-                "predicted": options[scores.best()],
-                "predicted_norm": options[scores.best(normalise=True)],
-            }
-        )
-    return rows
+    scored = score_questions(loaded.model, loaded.tokenizer, examples, prompts, spec, get_protocol(config.protocol))
+    return [
+        {
+            "options": options,
+            "logprobs": scores.logprobs,
+            "token_counts": scores.token_counts,
+            "predicted": options[scores.best()],
+            "predicted_norm": options[scores.best(normalise=True)],
+        }
+        for options, scores in tqdm(scored, total=len(examples), desc="loglik", unit="example")
+    ]
 
 
 # --eval_mode -> (how to predict, suffix of the result files); generation keeps the specification's file names.
