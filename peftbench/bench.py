@@ -34,6 +34,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoConfig, Pretrai
 from peftbench.config import BenchSettings, RunConfig
 from peftbench.errors import UserError
 from peftbench.methods import METHODS, hira
+from peftbench.methods.common import AdapterSettings
 from peftbench.models import resolve_model_path
 from peftbench.runs import environment_record
 
@@ -57,17 +58,13 @@ BENCH_MODELS: dict[str, Callable[[], PretrainedConfig]] = {
     "smollm2-135m": lambda: AutoConfig.from_pretrained(resolve_model_path("smollm2-135m")),
 }
 
-# name -> how to turn a base model into the trainable model (RunConfig gives rank and targets)
-VARIANTS: dict[str, Callable[[PreTrainedModel, RunConfig], nn.Module]] = {
-    "lora": METHODS["lora"].apply,
-    "hira": METHODS["hira"].apply,
-    "hira-keep": lambda model, config: METHODS["hira"].apply(
-        model, dataclasses.replace(config, hira_keep_product=True)
-    ),
-    "peft-hira": lambda model, config: get_peft_model(model, hira.peft_config(model, config)),
-    "ia3": METHODS["ia3"].apply,
-    "fft": METHODS["fft"].apply,
+# Bench variants beyond the registry's methods: -> (the method whose settings it takes, how to build it).
+EXTRA_VARIANTS: dict[str, tuple[str, Callable[[PreTrainedModel, AdapterSettings], nn.Module]]] = {
+    "hira-keep": ("hira", lambda model, s: METHODS["hira"].apply(model, dataclasses.replace(s, keep_product=True))),
+    "peft-hira": ("hira", lambda model, s: get_peft_model(model, hira.peft_config(model, s))),
 }
+VARIANTS = {name: (name, method.apply) for name, method in METHODS.items()} | EXTRA_VARIANTS
+BENCH_TOTAL_STEPS = 1000  # AdaLoRA's schedule: its rank allocation runs (warm-up phase) but prunes nothing
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -84,9 +81,12 @@ def validate(settings: BenchSettings) -> None:
         raise UserError("--dtype bf16 needs a GPU (CPU matmuls in bf16 are not representative)")
 
 
-def run_config(settings: BenchSettings, method: str) -> RunConfig:
-    peft_type = "hira" if "hira" in method else method
-    return RunConfig(peft_type=peft_type, r_ab=settings.rank, target_modules=settings.targets)
+def adapter_settings(settings: BenchSettings, variant: str) -> AdapterSettings:
+    """--rank and --targets where the method takes them; a method with a rank of its own (VeRA) keeps it."""
+    method = METHODS[VARIANTS[variant][0]]
+    given = {"r_ab": settings.rank, "target_modules": settings.targets}
+    flags = {k: v for k, v in given.items() if k in method.flags and k not in method.defaults}
+    return RunConfig(peft_type=method.name, **flags).adapter_settings(total_steps=BENCH_TOTAL_STEPS)
 
 
 def _device() -> torch.device:
@@ -107,25 +107,32 @@ def build_variant(
     """The method applied to a model whose frozen weights are the shared tensors (FFT gets its own copy)."""
     with _device():  # not the meta device: buffers outside the state dict (rotary frequencies) need real values
         model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[settings.dtype])
-    if method == "fft":
+    registered = METHODS[VARIANTS[method][0]]
+    if registered.full_finetune or registered.changes_base_weights:
         weights = {name: tensor.clone() for name, tensor in weights.items()}
     model.load_state_dict(weights, assign=True)
     model.tie_weights()
     model.config.use_cache = False
     torch.manual_seed(1)
-    return VARIANTS[method](model, run_config(settings, method)).train()
+    return VARIANTS[method][1](model, adapter_settings(settings, method)).train()
 
 
-def make_step(model: nn.Module, settings: BenchSettings, vocab_size: int) -> Callable[[], float]:
-    """One optimizer step on a fixed batch; returns its wall time in seconds."""
+def make_step(model: nn.Module, settings: BenchSettings, vocab_size: int, variant: str) -> Callable[[], float]:
+    """One optimizer step on a fixed batch (with the method's own per-step work); returns its wall time in s."""
     ids = torch.randint(0, vocab_size, (settings.batch, settings.seq), generator=torch.Generator().manual_seed(2))
     ids = ids.to(_device())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    after_step = METHODS[VARIANTS[variant][0]].after_optimizer_step
+    steps_taken = 0
 
     def step() -> float:
+        nonlocal steps_taken
         start = time.perf_counter()
         model(input_ids=ids, labels=ids).loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step(model, steps_taken)
+        steps_taken += 1
         optimizer.zero_grad(set_to_none=True)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -134,12 +141,12 @@ def make_step(model: nn.Module, settings: BenchSettings, vocab_size: int) -> Cal
     return step
 
 
-def time_methods(model_name: str, settings: BenchSettings) -> dict[str, list[float]]:
+def time_methods(model_name: str, settings: BenchSettings) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Step times per method, and trainable parameters per method."""
     config, weights = base_weights(model_name, DTYPES[settings.dtype])
-    steps = {
-        m: make_step(build_variant(m, config, weights, settings), settings, config.vocab_size)
-        for m in settings.method_list
-    }
+    models = {m: build_variant(m, config, weights, settings) for m in settings.method_list}
+    trainable = {m: sum(p.numel() for p in model.parameters() if p.requires_grad) for m, model in models.items()}
+    steps = {m: make_step(model, settings, config.vocab_size, m) for m, model in models.items()}
     times: dict[str, list[float]] = {m: [] for m in settings.method_list}
     for repetition in range(settings.warmup + settings.repeats):
         measured = {method: step() for method, step in steps.items()}
@@ -148,7 +155,7 @@ def time_methods(model_name: str, settings: BenchSettings) -> dict[str, list[flo
         if repetition >= settings.warmup:
             for method, seconds in measured.items():
                 times[method].append(seconds)
-    return times
+    return times, trainable
 
 
 def _reset_peak_rss() -> None:
@@ -171,7 +178,7 @@ def _peak_rss_gb() -> float:
 def probe_memory(model_name: str, method: str, settings: BenchSettings) -> float:
     """Peak memory (GB) during two training steps of one method, weights included, in this fresh process."""
     config, weights = base_weights(model_name, DTYPES[settings.dtype])
-    step = make_step(build_variant(method, config, weights, settings), settings, config.vocab_size)
+    step = make_step(build_variant(method, config, weights, settings), settings, config.vocab_size, method)
     del weights
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -194,9 +201,16 @@ def _memory_in_subprocess(model_name: str, method: str, settings: BenchSettings)
     return float(result.stdout.strip().splitlines()[-1])
 
 
-def summarize(times: dict[str, list[float]], memory: dict[str, float]) -> dict[str, dict[str, Any]]:
+def summarize(
+    times: dict[str, list[float]], memory: dict[str, float], trainable: dict[str, int]
+) -> dict[str, dict[str, Any]]:
     return {
-        method: {"step_times_s": samples, "median_s": statistics.median(samples), "peak_memory_gb": memory.get(method)}
+        method: {
+            "step_times_s": samples,
+            "median_s": statistics.median(samples),
+            "peak_memory_gb": memory.get(method),
+            "trainable_params": trainable[method],
+        }
         for method, samples in times.items()
     }
 
@@ -219,13 +233,17 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 def format_table(model_name: str, results: dict[str, dict[str, Any]]) -> str:
     lora = results.get("lora")
-    lines = [f"{model_name}:", f"  {'method':10s} {'median step':>12s} {'x LoRA':>7s} {'peak mem':>9s} {'x LoRA':>7s}"]
+    header = f"  {'method':10s} {'median step':>12s} {'x LoRA':>7s} {'peak mem':>9s} {'x LoRA':>7s} {'trainable':>12s}"
+    lines = [f"{model_name}:", header]
     for method, row in results.items():
         time_ratio = f"{row['median_s'] / lora['median_s']:.3f}" if lora else "-"
         memory = row["peak_memory_gb"]
         memory_ratio = f"{memory / lora['peak_memory_gb']:.3f}" if lora and memory and lora["peak_memory_gb"] else "-"
         memory_text = f"{memory:.2f} GB" if memory else "-"
-        lines.append(f"  {method:10s} {row['median_s']:>10.3f} s {time_ratio:>7s} {memory_text:>9s} {memory_ratio:>7s}")
+        lines.append(
+            f"  {method:10s} {row['median_s']:>10.3f} s {time_ratio:>7s} {memory_text:>9s} {memory_ratio:>7s}"
+            f" {row['trainable_params']:>12,d}"
+        )
     return "\n".join(lines)
 
 
@@ -239,13 +257,13 @@ def bench_train(settings: BenchSettings, out: Path | None) -> dict[str, Any]:
     }
     for model_name in settings.model_list:
         print(f"timing {', '.join(settings.method_list)} on {model_name} ...", flush=True)
-        times = time_methods(model_name, settings)
+        times, trainable = time_methods(model_name, settings)
         memory = (
             {}
             if settings.no_memory
             else {m: _memory_in_subprocess(model_name, m, settings) for m in settings.method_list}
         )
-        results = summarize(times, memory)
+        results = summarize(times, memory, trainable)
         report["models"][model_name] = {"methods": results, "ratios": ratios(results)}
         print(format_table(model_name, results))
         for label, value in ratios(results).items():

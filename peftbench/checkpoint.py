@@ -10,6 +10,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from peftbench.config import RunConfig
+from peftbench.errors import UserError
 from peftbench.methods import get_method
 from peftbench.models import choose_precision, load_tokenizer, resolve_model_path
 from peftbench.runs import load_run_config, resolve_checkpoint
@@ -29,8 +30,14 @@ def load_trained(ckpt: Path, dtype: torch.dtype) -> tuple[nn.Module, PreTrainedT
 def export_merged(ckpt: Path, out: Path, load_bit: int = 32) -> Path:
     """Merge the adapter into the base weights (W0 ⊙ (1 + BA) for HiRA) and save a plain model + tokenizer."""
     ckpt = resolve_checkpoint(ckpt)
+    method = get_method(load_run_config(ckpt).peft_type)
+    if method.merge_limit is not None:
+        raise UserError(
+            f"{method.name} cannot be exported as a merged model: {method.merge_limit}; "
+            f"evaluate or share the checkpoint folder itself ({ckpt}), which plain PEFT loads"
+        )
     model, tokenizer, run_config = load_trained(ckpt, choose_precision(load_bit).dtype)
-    if hasattr(model, "merge_and_unload"):
+    if not method.full_finetune:
         model = model.merge_and_unload()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -164,12 +164,14 @@ def _reproduce(args: argparse.Namespace) -> None:
     if args.render_only:
         print(f"results page: {rewrite_page(page)}")
         return
-    study = Study(preset, Path(args.out or f"reproduce_{preset.name}"), seeds_for(args.seeds), args.data_dir)
+    methods = preset.choose_methods(args.methods)
+    study = Study(preset, Path(args.out or f"reproduce_{preset.name}"), seeds_for(args.seeds), args.data_dir, methods)
     if args.dry_run:
         print(describe(study))
         return
     wall_time = reproduce(study)
     command = ["peftbench", "reproduce", "--preset", preset.name, "--seeds", str(args.seeds)]
+    command += ["--methods", args.methods] if args.methods else []
     print(f"results page: {write_results(study, page, shlex.join(command), wall_time)}")
 
 
@@ -270,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument("--preset", default="cpu-small", help="cpu-small (embedded model, CPU) or paper (GPU)")
     reproduce.add_argument("--seeds", type=int, default=1, help="repeat training over this many seeds (36, 37, ...)")
+    reproduce.add_argument(
+        "--methods", default=None, help="comma-separated methods to study (default: the preset's; README, 'Methods')"
+    )
     reproduce.add_argument("--out", default=None, help="study folder; default reproduce_<preset>")
     reproduce.add_argument("--page", default=None, help="results page; default docs/results/<preset>.md")
     reproduce.add_argument("--dry_run", action="store_true", help="print the plan and its commands; run nothing")

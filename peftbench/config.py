@@ -16,11 +16,11 @@ from typing import Any
 
 from peftbench.data.registry import get_dataset, resolve_names
 from peftbench.errors import UserError
+from peftbench.methods import METHOD_FLAGS, METHODS, Method, get_method
+from peftbench.methods.common import AdapterSettings
 from peftbench.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
 
-METHODS = ("hira", "lora", "fft", "ia3")
 ZERO_SHOT = "zero-shot"  # the method label of a base model evaluated without training
-ADAPTER_METHODS = ("hira", "lora")  # the methods that take a rank
 EVAL_STRATEGIES = ("no", "steps", "epoch")
 EVAL_MODES = ("generate", "loglik")
 CHECKPOINT_RULES = ("loss", "answer_loss", "accuracy", "last")
@@ -31,7 +31,7 @@ DEFAULT_DATA_DIR = "data_file/llm_adapt"
 
 
 # Defaults of settings that a protocol leaves open.
-RUN_FALLBACKS: dict[str, Any] = {"epoch": 1.0, "eval_steps": 80}
+RUN_FALLBACKS: dict[str, Any] = {"epoch": 1.0, "eval_steps": 80, "target_modules": "q_proj,v_proj"}
 
 
 def default_data_dir() -> str:
@@ -46,7 +46,7 @@ def _help(text: str, **extra: Any) -> dict[str, Any]:
 class RunConfig:
     """Everything that determines a training run; saved as the first line of output.jsonl."""
 
-    peft_type: str = field(default="hira", metadata=_help("Method to train.", choices=METHODS))
+    peft_type: str = field(default="hira", metadata=_help("Method to train.", choices=tuple(METHODS)))
     protocol: str = field(
         default=DEFAULT_PROTOCOL,
         metadata=_help(
@@ -60,16 +60,28 @@ class RunConfig:
         metadata=_help("Base model: a Hugging Face hub id, a local directory, or 'smollm2-135m' (embedded)."),
     )
     dataset: str = field(default="common_170k", metadata=_help("Training dataset (see `peftbench data list`)."))
-    r_ab: int | None = field(default=None, metadata=_help("Rank of A and B (HiRA, LoRA). Protocol default."))
-    lora_alpha: float | None = field(default=None, metadata=_help("LoRA alpha; default 2 * r_ab."))
-    lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout (LLM-Adapters uses 0.05)."))
-    hira_dropout: float = field(default=0.0, metadata=_help("Dropout on HiRA's input."))
+    r_ab: int | None = field(
+        default=None,
+        metadata=_help("Rank of the methods that have one (README, 'Methods'). Method or protocol default."),
+    )
+    lora_alpha: float | None = field(
+        default=None,
+        metadata=_help("Alpha of LoRA and its variants, LoHa, LoKr; default r_ab times the method's ratio."),
+    )
+    lora_dropout: float | None = field(
+        default=None, metadata=_help("Adapter dropout of LoRA, DoRA, PiSSA, AdaLoRA, VeRA. Method default.")
+    )
+    hira_dropout: float | None = field(default=None, metadata=_help("Dropout on HiRA's input (default 0)."))
     hira_keep_product: bool = field(
         default=False,
         metadata=_help("HiRA: keep W0 ⊙ (1 + BA) for backward instead of rebuilding it (faster, more memory)."),
     )
-    target_modules: str = field(
-        default="q_proj,v_proj", metadata=_help("Comma-separated module names to adapt (HiRA, LoRA, IA3).")
+    target_modules: str | None = field(
+        default=None,
+        metadata=_help("Comma-separated module names to adapt, for methods that adapt layers (default q_proj,v_proj)."),
+    )
+    virtual_tokens: int | None = field(
+        default=None, metadata=_help("Virtual tokens of prefix and prompt tuning (prefix 8 as official, prompt 20).")
     )
     batch: int | None = field(default=None, metadata=_help("Per-device batch size. Protocol default."))
     grad_acc: int | None = field(default=None, metadata=_help("Gradient accumulation steps. Protocol default."))
@@ -137,11 +149,11 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
-        self._fill_protocol_defaults()
         self.peft_type = self.peft_type.lower()
-        if self.peft_type not in METHODS:
-            raise UserError(f"unknown --peft_type {self.peft_type!r}; choose one of {', '.join(METHODS)}")
-        if self.peft_type in ADAPTER_METHODS and self.r_ab <= 0:
+        method = get_method(self.peft_type)
+        _reject_foreign_flags(self, method)
+        self._fill_defaults(method)
+        if "r_ab" in method.flags and self.r_ab <= 0:
             raise UserError(f"--r_ab must be a positive integer for {self.peft_type}, got {self.r_ab}")
         if self.load_bit not in (16, 32):
             raise UserError(f"--load_bit must be 16 or 32, got {self.load_bit}")
@@ -157,32 +169,52 @@ class RunConfig:
             max_length=self.max_length,
             max_train_samples=self.max_train_samples,
             logging_steps=self.logging_steps,
+            virtual_tokens=self.virtual_tokens,
         )
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
-        if self.peft_type != "fft" and not self.target_module_list:
+        if "target_modules" in method.flags and not self.target_module_list:
             raise UserError(f"--target_modules is empty; {self.peft_type} needs at least one module name")
         if self.resume and self.resume_from_checkpoint is None:
             self.resume_from_checkpoint = "auto"
         if self.ds_config is not None and not Path(self.ds_config).is_file():
             raise UserError(f"--ds_config {self.ds_config} does not exist")
-        if self.lora_alpha is None:
-            self.lora_alpha = 2.0 * self.r_ab
         if self.output_folder is None:
             self.output_folder = f"results_{self.peft_type}"
 
-    def _fill_protocol_defaults(self) -> None:
-        """Every setting left unset takes its protocol's value, then peftbench's own default."""
+    def _fill_defaults(self, method: Method) -> None:
+        """Every setting left unset takes the method's value, then the protocol's, then peftbench's own default;
+        a method flag only for the methods built from it."""
         protocol = get_protocol(self.protocol)
-        for name, value in {**RUN_FALLBACKS, **protocol.run_defaults}.items():
-            if getattr(self, name) is None:
+        for name, value in {**RUN_FALLBACKS, **protocol.run_defaults, **method.defaults}.items():
+            if getattr(self, name) is None and (name not in METHOD_FLAGS or name in method.flags):
                 setattr(self, name, value)
-        if self.save_total_limit == 0:
-            self.save_total_limit = None
+        if "lora_alpha" in method.flags and self.lora_alpha is None:
+            self.lora_alpha = method.alpha_per_rank * self.r_ab
+
+    @classmethod
+    def from_record(cls, saved: dict[str, Any]) -> RunConfig:
+        """The RunConfig of a saved output.jsonl record, from any peftbench version: unknown fields and method
+        flags the method is not built from (older records stored every flag for every method) are dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        flags = get_method(str(saved.get("peft_type", "hira")).lower()).flags
+        return cls(**{k: v for k, v in saved.items() if k in known and (k not in METHOD_FLAGS or k in flags)})
+
+    def adapter_settings(self, total_steps: int | None = None) -> AdapterSettings:
+        """The plain values the method is built from (``total_steps``: the run's optimizer steps)."""
+        return AdapterSettings(
+            rank=self.r_ab,
+            alpha=self.lora_alpha,
+            dropout=self.lora_dropout if self.lora_dropout is not None else self.hira_dropout,
+            targets=tuple(self.target_module_list),
+            virtual_tokens=self.virtual_tokens,
+            total_steps=total_steps,
+            keep_product=self.hira_keep_product,
+        )
 
     @property
     def target_module_list(self) -> list[str]:
-        return [name.strip() for name in self.target_modules.split(",") if name.strip()]
+        return [name.strip() for name in (self.target_modules or "").split(",") if name.strip()]
 
     def run_folder_name(self, timestamp: str) -> str:
         model = Path(self.model_name.rstrip("/")).name
@@ -254,6 +286,18 @@ class EvalConfig:
         return dataclasses.replace(self, protocol=protocol.name, **unset)
 
 
+def _reject_foreign_flags(config: RunConfig, method: Method) -> None:
+    """One error naming every method flag given that the method is not built from (e.g. --r_ab for ia3)."""
+    given = [name for name in METHOD_FLAGS if getattr(config, name) is not None and getattr(config, name) is not False]
+    foreign = [f"--{name}" for name in given if name not in method.flags]
+    if foreign:
+        takes = ", ".join(f"--{name}" for name in method.flags) or "none"
+        raise UserError(f"{', '.join(foreign)} does not apply to {method.name} (its method flags: {takes})")
+    for name, why in method.refuses.items():
+        if getattr(config, name):
+            raise UserError(f"{method.name} cannot train with --{name}: {why}")
+
+
 def _require_positive(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and value <= 0:
@@ -268,10 +312,13 @@ class BenchSettings:
         default="neo-6l,smollm2-135m",
         metadata=_help("of neo-6l (GPT-Neo-1.3B geometry, 6 layers), neo-1.3b, smollm2-135m"),
     )
-    methods: str = field(default="lora,hira,hira-keep,peft-hira,ia3,fft", metadata=_help("methods to compare"))
+    methods: str = field(
+        default=",".join([*METHODS, "hira-keep", "peft-hira"]),
+        metadata=_help("methods to compare: any --peft_type, hira-keep (--hira_keep_product), peft-hira (PEFT's HiRA)"),
+    )
     batch: int = field(default=2, metadata=_help("sequences per step"))
     seq: int = field(default=256, metadata=_help("tokens per sequence"))
-    rank: int = field(default=64, metadata=_help("r of HiRA and LoRA"))
+    rank: int = field(default=64, metadata=_help("r of the methods that take one and have none of their own"))
     targets: str = field(default="q_proj,v_proj", metadata=_help("adapted modules"))
     dtype: str = field(default="fp32", metadata=_help("fp32, or bf16 on a GPU"))
     repeats: int = field(default=5, metadata=_help("measured steps per method"))

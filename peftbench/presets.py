@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peftbench.errors import UserError
+from peftbench.methods import METHODS
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,29 @@ class Preset:
     model_name: str
     dataset: str
     train_settings: dict[str, Any]  # RunConfig fields shared by every method: the common budget
-    methods: tuple[MethodPlan, ...]
+    methods: tuple[MethodPlan, ...]  # the study's methods unless --methods chooses
     evaluations: tuple[EvalPlan, ...]
+    more_methods: tuple[MethodPlan, ...] = ()  # what --methods can add: each method's rate and its source
     benchmarks: str = "all"
     zero_shot: bool = True
     needs_gpu: bool = False
     offline: bool = True  # local files only: the hub is not asked (it would retry for minutes without a network)
     cost: str = ""  # expected time, and how it was obtained
     differences: tuple[str, ...] = ()  # how its defaults compare with the official code
+
+    def choose_methods(self, names: str | None) -> tuple[MethodPlan, ...]:
+        """The plans of --methods (comma-separated, in that order), or the preset's own methods."""
+        if names is None:
+            return self.methods
+        known = {plan.peft_type: plan for plan in (*self.methods, *self.more_methods)}
+        chosen = [name.strip().lower() for name in names.split(",") if name.strip()]
+        unknown = [name for name in chosen if name not in known]
+        if unknown or not chosen:
+            raise UserError(
+                f"--methods: no learning rate for {', '.join(unknown) or 'an empty list'} in preset {self.name}; "
+                f"it has {', '.join(known)}"
+            )
+        return tuple(known[name] for name in dict.fromkeys(chosen))
 
 
 # Learning rates for the embedded model. HiRA's update is W0 ⊙ BA: every entry is scaled by a weight of
@@ -69,6 +85,19 @@ CPU_SMALL_METHODS = (
         2e-5,
         "Stanford Alpaca full fine-tuning recipe (Taori et al., 2023): lr 2e-5",
     ),
+)
+
+# Rates of the other baselines, for --methods. LoRA's recipe (3e-4) where the method keeps LoRA's scale.
+CPU_SMALL_MORE_METHODS = (
+    MethodPlan("dora", 2e-4, "DoRA (Liu et al., ICML 2024) commonsense recipe for LLaMA: lr 2e-4"),
+    MethodPlan("pissa", 2e-5, "PiSSA (Meng et al., NeurIPS 2024) §5: lr 2e-5 (its adapter holds W0's principal part)"),
+    MethodPlan("adalora", 3e-4, "as LoRA (LLM-Adapters 3e-4); the AdaLoRA paper tunes the rate per GLUE task"),
+    MethodPlan("vera", 3e-3, "VeRA (Kopiczko et al., ICLR 2024) trains its scaling vectors at about 10x LoRA's rate"),
+    MethodPlan("loha", 3e-4, "as LoRA (LLM-Adapters 3e-4): LyCORIS trains LoHa at LoRA's rates"),
+    MethodPlan("lokr", 3e-4, "as LoRA (LLM-Adapters 3e-4): LyCORIS trains LoKr at LoRA's rates"),
+    MethodPlan("oft", 3e-4, "as LoRA (LLM-Adapters 3e-4)"),
+    MethodPlan("prefix", 1e-2, "PEFT's prefix-tuning example for causal LMs: lr 1e-2"),
+    MethodPlan("prompt", 3e-2, "PEFT's prompt-tuning example for causal LMs: lr 3e-2"),
 )
 
 CPU_SMALL = Preset(
@@ -98,6 +127,7 @@ CPU_SMALL = Preset(
         "max_length": 256,
     },
     methods=CPU_SMALL_METHODS,
+    more_methods=CPU_SMALL_MORE_METHODS,
     evaluations=(
         EvalPlan("loglik", 200),
         # The trained answer ("the correct answer is answer3") is 6-7 tokens; a longer budget only slows beams.
@@ -108,6 +138,12 @@ CPU_SMALL = Preset(
         "evaluations (9 minutes) run once, each further seed adds about 52 minutes"
     ),
 )
+
+
+def _specification_rank(peft_type: str) -> dict[str, int]:
+    method = METHODS[peft_type]
+    return {"r_ab": 64} if "r_ab" in method.flags and "r_ab" not in method.defaults else {}
+
 
 # The specification's commands (SPEC.md, "Training"): GPT-Neo-1.3B on Commonsense-170K, 1 epoch.
 PAPER = Preset(
@@ -143,6 +179,17 @@ PAPER = Preset(
         MethodPlan("fft", 1e-5, "specification", {"batch": 4, "grad_acc": 64, "warmup": 100, "eval_strategy": "steps"}),
         # The specification's IA3 command sets no --eval_strategy or --warmup: the protocol's epoch and 10 apply.
         MethodPlan("ia3", 1e-5, "specification", {"batch": 32, "grad_acc": 1}),
+    ),
+    # The other baselines: the specification's LoRA command (its r 64 where the method has no rank of its own)
+    # at each method's own rate.
+    more_methods=tuple(
+        MethodPlan(
+            plan.peft_type,
+            plan.lr,
+            f"{plan.lr_source}; otherwise the specification's LoRA flags",
+            {"batch": 8, "grad_acc": 32, "eval_strategy": "steps"} | _specification_rank(plan.peft_type),
+        )
+        for plan in CPU_SMALL_MORE_METHODS
     ),
     evaluations=(
         # Beam 4 and 16 new tokens: the hira protocol's decoding (deterministic beam search, as official).

@@ -32,8 +32,9 @@ import torch
 
 from peftbench.config import ZERO_SHOT, RunConfig
 from peftbench.errors import TrainingInterrupted, UserError
+from peftbench.methods import METHOD_FLAGS, get_method
 from peftbench.models import use_local_files_only
-from peftbench.presets import EvalPlan, Preset
+from peftbench.presets import EvalPlan, MethodPlan, Preset
 from peftbench.protocols import HIRA
 from peftbench.runs import find_finished_run, write_atomic
 
@@ -63,6 +64,11 @@ class Study:
     out: Path
     seeds: tuple[int, ...]
     data_dir: str
+    methods: tuple[MethodPlan, ...] = ()  # --methods; empty: the preset's own
+
+    @property
+    def plans(self) -> tuple[MethodPlan, ...]:
+        return self.methods or self.preset.methods
 
     def seed_folder(self, seed: int) -> Path:
         return self.out / f"seed-{seed}"
@@ -78,12 +84,16 @@ class Study:
         return self.out / ZERO_SHOT
 
     def train_settings(self, seed: int, peft_type: str) -> dict[str, Any]:
-        method = next(m for m in self.preset.methods if m.peft_type == peft_type)
+        """The run's flags: the shared budget (less the method flags this method is not built from), then the
+        method's own settings and rate."""
+        method = next(m for m in self.plans if m.peft_type == peft_type)
+        takes = get_method(peft_type).flags
+        shared = {k: v for k, v in self.preset.train_settings.items() if k not in METHOD_FLAGS or k in takes}
         return {
             "peft_type": peft_type,
             "model_name": self.preset.model_name,
             "dataset": self.preset.dataset,
-            **self.preset.train_settings,
+            **shared,
             **method.train_settings,
             "lr": method.lr,
             "seed": seed,
@@ -98,7 +108,7 @@ class Study:
             target = ["--model_name", self.preset.model_name, "--output_dir", str(self.zero_shot_folder)]
             steps += [self._eval_step(ZERO_SHOT, target, plan) for plan in self.preset.evaluations]
         for seed in self.seeds:
-            for method in self.preset.methods:
+            for method in self.plans:
                 settings = self.train_settings(seed, method.peft_type)
                 label = f"seed {seed}: {method.peft_type}"
                 steps.append(Step(f"{label} training", ("train", *to_flags(settings)), RunConfig(**settings)))
@@ -108,7 +118,7 @@ class Study:
         return steps
 
     def method_folders(self, seed: int) -> list[Path]:
-        trained = [self.results_folder(seed, m.peft_type) for m in self.preset.methods]
+        trained = [self.results_folder(seed, m.peft_type) for m in self.plans]
         return ([self.zero_shot_folder] if self.preset.zero_shot else []) + trained
 
     def _eval_step(self, label: str, target: list[str], plan: EvalPlan) -> Step:
@@ -156,7 +166,7 @@ def describe(study: Study) -> str:
     lines = [f"# preset {preset.name}: {preset.summary}.", f"# seeds: {', '.join(map(str, study.seeds))}"]
     if preset.cost:
         lines.append(f"# cost: {preset.cost}")
-    lines += [f"# learning rate of {m.peft_type}: {m.lr} ({m.lr_source})" for m in preset.methods]
+    lines += [f"# learning rate of {m.peft_type}: {m.lr} ({m.lr_source})" for m in study.plans]
     lines += [f"# compared with the official code: {d}" for d in preset.differences]
     lines += [step.command for step in study.steps()]
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from peftbench.analyze import (
 )
 from peftbench.config import ZERO_SHOT, RunConfig
 from peftbench.errors import UserError
+from peftbench.methods import get_method
 from peftbench.plots import accuracy_bars, loss_curves
 from peftbench.presets import EvalPlan
 from peftbench.reproduce import Study
@@ -53,7 +54,7 @@ def build_summary(study: Study, command: str, wall_time_s: float) -> dict[str, A
         "dataset": preset.dataset,
         "seeds": list(study.seeds),
         "train_settings": preset.train_settings,
-        "methods": [_method_summary(study, plan.peft_type, plan.lr, plan.lr_source) for plan in preset.methods],
+        "methods": [_method_summary(study, plan.peft_type, plan.lr, plan.lr_source) for plan in study.plans],
         "evaluations": [_evaluation_summary(study, plan) for plan in preset.evaluations],
         "wall_time_s": round(wall_time_s, 1),
     }
@@ -296,7 +297,7 @@ def _run_revisions(summary: dict[str, Any]) -> list[str]:
 def base_parameters(summary: dict[str, Any]) -> int:
     """Parameters of the base model: an adapter run's total counts its adapter too."""
     run, method = summary["methods"][0]["runs"][0], summary["methods"][0]["method"]
-    return run["total_params"] if method == "fft" else run["total_params"] - run["trainable_params"]
+    return run["total_params"] if get_method(method).full_finetune else run["total_params"] - run["trainable_params"]
 
 
 def study_cost(summary: dict[str, Any]) -> tuple[float, float]:

@@ -95,8 +95,7 @@ def load_run_config(ckpt: Path) -> RunConfig:
         saved = read_records(record_path)[0]["config"]
     except (IndexError, KeyError, json.JSONDecodeError) as exc:
         raise UserError(f"{record_path} is not a peftbench run record ({exc.__class__.__name__})") from exc
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    return RunConfig(**{k: v for k, v in saved.items() if k in known})
+    return RunConfig.from_record(saved)
 
 
 def timestamp() -> str:

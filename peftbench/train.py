@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import resource
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from peftbench.data.pipeline import build_datasets
 from peftbench.data.registry import get_dataset
 from peftbench.errors import TrainingInterrupted, UserError
 from peftbench.guards import DiskSpaceGuard, DivergenceGuard, InterruptSaver
-from peftbench.methods import get_method
+from peftbench.methods import Method, get_method
 from peftbench.models import choose_precision, count_parameters, load_base_model, load_tokenizer, resolve_model_path
 from peftbench.protocols import get_protocol
 from peftbench.runs import RUN_RECORD, append_record, choose_run_folder, environment_record
@@ -63,6 +64,23 @@ class RunStatsCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs) -> None:  # noqa: ANN001
         if logs is not None:
             logs.update(elapsed_s=round(time.perf_counter() - self.start, 2), **peak_memory())
+
+
+class MethodSchedule(TrainerCallback):
+    """Runs the method's own step (AdaLoRA's rank allocation) and checks the run is the length it was built for."""
+
+    def __init__(self, method: Method, total_steps: int | None) -> None:
+        self.method, self.total_steps = method, total_steps
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
+        if self.total_steps is not None and state.max_steps != self.total_steps:
+            raise RuntimeError(
+                f"{self.method.name} was built for {self.total_steps} steps, the run takes {state.max_steps}"
+            )
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs) -> None:  # noqa: ANN001
+        if self.method.after_optimizer_step is not None:
+            self.method.after_optimizer_step(model, state.global_step)
 
 
 def peak_memory() -> dict[str, float]:
@@ -96,9 +114,10 @@ def training_arguments(config: RunConfig, bf16: bool, fp16: bool, evaluate: bool
         # A checkpoint at each evaluation, so the best by validation loss can be kept; the Trainer also saves the last.
         save_strategy="epoch" if eval_strategy == "epoch" else "steps",
         save_steps=config.eval_steps,
-        save_total_limit=config.save_total_limit,
-        load_best_model_at_end=eval_strategy != "no" and select_by is not None,
-        metric_for_best_model=select_by or "eval_loss",
+        save_total_limit=config.save_total_limit or None,  # 0: keep every checkpoint
+        # The Trainer tracks (and never rotates away) the best checkpoint by this metric; nothing reloads it in
+        # memory (evaluation loads it from disk), which prompt-learning adapters could not do.
+        metric_for_best_model=select_by if eval_strategy != "no" else None,
         greater_is_better=select_by == "eval_accuracy",
         remove_unused_columns=False,  # validation batches carry answer_labels (the datasets hold nothing else)
         logging_steps=config.logging_steps,
@@ -126,7 +145,13 @@ def train(config: RunConfig) -> TrainResult:
     data = build_datasets(config, tokenizer)  # before the model: fail fast
     train_data, validation_data, data_info = data.train, data.validation, data.info
 
-    model = method.apply(load_base_model(model_path, precision.dtype), config)
+    args = training_arguments(config, precision.bf16, precision.fp16, evaluate=validation_data is not None)
+    args.device  # noqa: B018 -- sets up the process group (torchrun / accelerate launch) behind distributed_state
+    processes = args.distributed_state
+    total_steps = (
+        optimizer_steps(len(train_data), config, processes.num_processes) if method.needs_total_steps else None
+    )
+    model = method.apply(load_base_model(model_path, precision.dtype), config.adapter_settings(total_steps))
     model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
     parameters = count_parameters(model)
     logger.info(
@@ -137,12 +162,11 @@ def train(config: RunConfig) -> TrainResult:
         parameters["trainable_percent"],
     )
 
-    args = training_arguments(config, precision.bf16, precision.fp16, evaluate=validation_data is not None)
-    args.device  # noqa: B018 -- sets up the process group (torchrun / accelerate launch) behind distributed_state
-    processes = args.distributed_state
     target = choose_run_folder(config, processes)
     run_dir, record_path = target.run_dir, target.run_dir / RUN_RECORD
     args.output_dir = str(run_dir)  # known only now: process 0 names it once the processes can talk
+    if target.checkpoint is not None and method.resume_limit is not None:
+        raise UserError(f"{method.name} cannot resume: {method.resume_limit}; train again without --resume")
     if processes.is_main_process:
         if target.resumed:
             resumed_from = str(target.checkpoint) if target.checkpoint else "the start (no complete checkpoint)"
@@ -173,7 +197,7 @@ def train(config: RunConfig) -> TrainResult:
         eval_dataset=validation_data,
         data_collator=AnswerLabelCollator(tokenizer, padding=True, pad_to_multiple_of=8),
         processing_class=tokenizer,
-        callbacks=[RunStatsCallback(), interrupt, divergence, disk],
+        callbacks=[RunStatsCallback(), interrupt, divergence, disk, MethodSchedule(method, total_steps)],
         accuracy=_validation_accuracy(config, tokenizer, data.validation_examples),
     )
     start = time.perf_counter()
@@ -189,7 +213,7 @@ def train(config: RunConfig) -> TrainResult:
         "event": "train_end",
         "train_loss": output.training_loss,
         "global_step": state.global_step,
-        "selection_metric": args.metric_for_best_model if args.load_best_model_at_end else None,
+        "selection_metric": args.metric_for_best_model,
         "best_metric": state.best_metric,
         "best_eval_loss": _eval_loss_at(state, checkpoint),  # the chosen checkpoint's, whatever chose it
         "best_checkpoint": str(checkpoint),
@@ -204,6 +228,14 @@ def train(config: RunConfig) -> TrainResult:
         append_record(record_path, metrics)
     logger.info("training done in %.1f s; checkpoint to evaluate: %s", train_time, checkpoint)
     return TrainResult(run_dir=run_dir, checkpoint=checkpoint, metrics=metrics)
+
+
+def optimizer_steps(examples: int, config: RunConfig, processes: int) -> int:
+    """The optimizer steps the Trainer will take: --max_steps, else epochs × ceil(micro-batches / grad_acc)."""
+    if config.max_steps > 0:
+        return config.max_steps
+    micro_batches = math.ceil(examples / (config.batch * processes))
+    return math.ceil(config.epoch * math.ceil(micro_batches / config.grad_acc))
 
 
 def _validation_accuracy(
@@ -226,7 +258,7 @@ def _checkpoint_selection(args: TrainingArguments, state: TrainerState) -> str:
     """How the checkpoint to evaluate was chosen; says so when validation could not choose one."""
     if args.eval_strategy == "no":
         return "last (no validation)"
-    if not args.load_best_model_at_end:
+    if args.metric_for_best_model is None:
         return "last (--select_checkpoint last)"
     if state.best_model_checkpoint is not None:
         return f"best {args.metric_for_best_model} on the validation set"

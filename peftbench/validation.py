@@ -15,18 +15,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
+from torch import nn
 from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
 from peftbench.data.prompts import IGNORE_INDEX, build_prompt
 from peftbench.data.registry import DatasetSpec
+from peftbench.errors import UserError
 from peftbench.evaluate.loglik import score_questions
 from peftbench.protocols import Protocol
 
 logger = logging.getLogger(__name__)
+SAFE_ADAPTER_FILE = "adapter_model.safetensors"  # PEFT's adapter weights file
 
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -84,6 +90,26 @@ class TokenWeightedTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.accuracy = accuracy
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Resume an adapter by loading its weights into the adapter in place. The Trainer's way re-creates the
+        adapter with ``load_adapter(is_trainable=True)``, which PEFT refuses for prefix and prompt tuning."""
+        model = self.model if model is None else model
+        if not isinstance(model, PeftModel):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        weights = load_file(Path(resume_from_checkpoint) / SAFE_ADAPTER_FILE)
+        set_peft_model_state_dict(model, weights)
+        # What the model would save now must be what the file holds (PEFT's own load report cannot say:
+        # it counts prompt-learning weights as missing and unexpected, then loads them separately).
+        loaded = get_peft_model_state_dict(model)
+        differing = sorted(k for k in loaded.keys() | weights.keys() if k not in loaded or k not in weights
+                           or not torch.equal(loaded[k].cpu(), weights[k].to(loaded[k].dtype)))  # fmt: skip
+        if differing:
+            raise UserError(
+                f"{resume_from_checkpoint} does not fit this run's adapter ({len(differing)} weights differ, "
+                f"e.g. {differing[0]})"
+            )
+        return None
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:  # noqa: ANN001
         dataloader = self.get_eval_dataloader(eval_dataset)
         model, was_training = self.model, self.model.training
@@ -95,7 +121,8 @@ class TokenWeightedTrainer(Trainer):
                 inputs = self._prepare_inputs(inputs)
                 labels, answer_labels = inputs.pop("labels"), inputs.pop("answer_labels", None)
                 with self.compute_loss_context_manager():
-                    logits = model(**inputs).logits
+                    # Prompt tuning returns logits for its virtual tokens too, before the sequence's own.
+                    logits = model(**inputs).logits[:, -labels.shape[1] :]
                 # One vocabulary-wide log-softmax serves both: answer tokens are label tokens or, when the labels
                 # leave them out, are added as targets here.
                 targets = (

@@ -24,9 +24,30 @@ def test_bad_run_settings_name_the_flag(kwargs: dict, message: str) -> None:
         RunConfig(**kwargs)
 
 
-def test_fft_and_ia3_take_no_rank() -> None:
-    assert RunConfig(peft_type="fft", r_ab=0).peft_type == "fft"
-    assert RunConfig(peft_type="ia3", r_ab=0).output_folder == "results_ia3"
+def test_a_method_flag_the_method_is_not_built_from_is_an_error() -> None:
+    with pytest.raises(UserError, match=r"--r_ab does not apply to ia3 \(its method flags: --target_modules\)"):
+        RunConfig(peft_type="ia3", r_ab=16)
+    with pytest.raises(UserError, match="--r_ab, --target_modules does not apply to fft"):
+        RunConfig(peft_type="fft", r_ab=16, target_modules="q_proj")
+    with pytest.raises(UserError, match="--virtual_tokens does not apply to lora"):
+        RunConfig(peft_type="lora", virtual_tokens=8)
+    fft = RunConfig(peft_type="fft")
+    assert (fft.r_ab, fft.target_modules, fft.lora_alpha) == (None, None, None)
+
+
+def test_a_record_of_an_older_version_with_every_flag_still_loads() -> None:
+    saved = {"peft_type": "fft", "r_ab": 16, "target_modules": "q_proj,v_proj", "lora_dropout": 0.05, "gone": 1}
+    assert RunConfig.from_record(saved).r_ab is None
+
+
+def test_method_defaults_come_before_the_protocol() -> None:
+    assert RunConfig(peft_type="vera").r_ab == 256  # VeRA's own, not the hira protocol's 16
+    assert RunConfig(peft_type="lora").r_ab == 16
+    assert (RunConfig(peft_type="lora").lora_alpha, RunConfig(peft_type="pissa").lora_alpha) == (32.0, 16.0)
+    assert RunConfig(peft_type="vera", r_ab=64).r_ab == 64
+    assert (RunConfig(peft_type="prefix").virtual_tokens, RunConfig(peft_type="prompt").virtual_tokens) == (8, 20)
+    with pytest.raises(UserError, match="--virtual_tokens must be positive"):
+        RunConfig(peft_type="prefix", virtual_tokens=0)
 
 
 def test_defaults_follow_the_specification() -> None:

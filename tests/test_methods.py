@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 from peftbench.config import RunConfig
 from peftbench.errors import UserError
-from peftbench.methods import get_method
+from peftbench.methods import METHOD_FLAGS, get_method
 from peftbench.methods.hira import FusedHiraLinear, HiraLinearFunction
 
 # name -> (RunConfig settings, names that must train, learning rate, least relative loss drop in 15 steps).
@@ -19,16 +19,31 @@ from peftbench.methods.hira import FusedHiraLinear, HiraLinearFunction
 CASES = {
     "hira": ({"r_ab": 4}, ("hira_A", "hira_B"), 0.3, 0.05),
     "lora": ({"r_ab": 4, "lora_dropout": 0.0}, ("lora_A", "lora_B"), 1e-2, 0.05),
+    "dora": ({"r_ab": 4, "lora_dropout": 0.0}, ("lora_A", "lora_B", "lora_magnitude_vector"), 1e-2, 0.05),
+    "pissa": ({"r_ab": 4}, ("lora_A", "lora_B"), 1e-2, 0.05),
+    "adalora": ({"r_ab": 4, "lora_dropout": 0.0}, ("lora_A", "lora_B", "lora_E"), 1e-2, 0.05),
+    "vera": ({"r_ab": 8}, ("vera_lambda_b", "vera_lambda_d"), 0.1, 0.02),
+    "loha": ({"r_ab": 4}, ("hada_w",), 0.1, 0.05),
+    "lokr": ({"r_ab": 4}, ("lokr_w",), 0.1, 0.05),
+    "oft": ({}, ("oft_R",), 1e-2, 0.02),
     "ia3": ({}, ("ia3_l",), 0.3, 0.02),
+    "prefix": ({"virtual_tokens": 4}, ("prompt_encoder",), 3e-2, 0.05),
+    "prompt": ({"virtual_tokens": 4}, ("prompt_encoder",), 0.3, 0.02),
     "fft": ({}, None, 1e-3, 0.05),  # None: every parameter
 }
+ADAPTERS = [name for name in CASES if not get_method(name).full_finetune]
+TOTAL_STEPS = 100  # AdaLoRA's schedule length
 
 
 def build(method: str, model_dir: Path, **overrides) -> torch.nn.Module:
-    settings = CASES[method][0]
-    config = RunConfig(peft_type=method, model_name=str(model_dir), **{**settings, **overrides})
+    """The method on a fresh copy of the model; overrides of method flags it is not built from are left out."""
+    settings = {**CASES[method][0], **overrides}
+    takes = get_method(method).flags
+    settings = {k: v for k, v in settings.items() if k not in METHOD_FLAGS or k in takes}
+    config = RunConfig(peft_type=method, model_name=str(model_dir), **settings)
     torch.manual_seed(0)
-    return get_method(method).apply(AutoModelForCausalLM.from_pretrained(model_dir), config)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    return get_method(method).apply(model, config.adapter_settings(total_steps=TOTAL_STEPS))
 
 
 def batch(vocab_size: int) -> dict[str, torch.Tensor]:
@@ -65,17 +80,25 @@ def test_loss_falls_over_a_few_steps(method: str, tiny_llama: Path) -> None:
     data = batch(model.config.vocab_size)
     _, _, lr, least_drop = CASES[method]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    after_step = get_method(method).after_optimizer_step
     losses = []
-    for _ in range(15):
+    for step in range(15):
         loss = model(**data).loss
         losses.append(loss.item())
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step(model, step)
         optimizer.zero_grad()
     assert losses[-1] < (1 - least_drop) * losses[0], losses
 
 
-@pytest.mark.parametrize("method", CASES)
+def test_prefix_tuning_refuses_gradient_checkpointing() -> None:
+    with pytest.raises(UserError, match="prefix cannot train with --enable_grad_ckpt: gradient checkpointing drops"):
+        RunConfig(peft_type="prefix", enable_grad_ckpt=True)
+
+
+@pytest.mark.parametrize("method", [name for name in CASES if "enable_grad_ckpt" not in get_method(name).refuses])
 @pytest.mark.parametrize("architecture", ["tiny_neo", "tiny_llama"])
 def test_gradient_checkpointing_gives_the_same_gradients(method: str, architecture: str, request) -> None:
     model_dir = request.getfixturevalue(architecture)
@@ -108,7 +131,7 @@ def test_save_then_load_gives_the_same_logits(method: str, tiny_neo: Path, tmp_p
     torch.testing.assert_close(reloaded(input_ids=data["input_ids"]).logits, expected)
 
 
-@pytest.mark.parametrize("method", ["hira", "lora", "ia3"])
+@pytest.mark.parametrize("method", ADAPTERS)
 def test_adapters_load_in_plain_peft_with_equal_logits(method: str, tiny_llama: Path, tmp_path: Path) -> None:
     model = build(method, tiny_llama, target_modules="q_proj,v_proj,down_proj")
     perturb_trainable(model)
@@ -193,7 +216,7 @@ def test_hira_on_conv1d_layers_matches_peft(tmp_path: Path) -> None:
         tmp_path
     )
     config = RunConfig(peft_type="hira", model_name=str(tmp_path), r_ab=2, target_modules="c_attn")
-    model = get_method("hira").apply(AutoModelForCausalLM.from_pretrained(tmp_path), config)
+    model = get_method("hira").apply(AutoModelForCausalLM.from_pretrained(tmp_path), config.adapter_settings())
     perturb_trainable(model)
     assert model.peft_config["default"].fan_in_fan_out
     ids = torch.randint(0, 64, (1, 7))

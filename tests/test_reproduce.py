@@ -12,7 +12,8 @@ from peftbench import cli
 from peftbench.analyze import to_markdown
 from peftbench.config import RunConfig
 from peftbench.errors import TrainingInterrupted, UserError
-from peftbench.presets import CPU_SMALL, EvalPlan, Preset
+from peftbench.methods import METHODS
+from peftbench.presets import CPU_SMALL, PAPER, EvalPlan, Preset
 from peftbench.reproduce import STUDY_TIME_FILE, Study, reproduce, run_steps, seeds_for
 from peftbench.results_page import SUMMARY_FILE, accuracy_rows, render_page, verdict, write_results
 from peftbench.runs import read_records
@@ -34,9 +35,27 @@ def test_every_training_command_rebuilds_its_configuration(tmp_path: Path, data_
     for step in trains:
         assert cli.build_config(RunConfig, parser.parse_args(step.argv)) == step.run_config
         assert step.run_config.lr == lrs[step.run_config.peft_type]
-        assert step.run_config.max_train_samples == 512 and step.run_config.r_ab == 16
+        rank = 16 if "r_ab" in METHODS[step.run_config.peft_type].flags else None  # fft and ia3 take none
+        assert step.run_config.max_train_samples == 512 and step.run_config.r_ab == rank
     for step in steps:
         parser.parse_args(step.argv)  # every printed command is a valid peftbench command
+
+
+def test_methods_chooses_any_baselines_with_their_rates(capsys: pytest.CaptureFixture[str], data_dir: str) -> None:
+    methods = "hira,dora,vera,prefix"
+    assert cli.main(["reproduce", "--methods", methods, "--dry_run", "--data_dir", data_dir]) == 0
+    plan = capsys.readouterr().out
+    trains = [line for line in plan.splitlines() if line.startswith("peftbench train")]
+    assert [t.split("--peft_type ")[1].split()[0] for t in trains] == methods.split(",")
+    assert "# learning rate of dora: 0.0002 (DoRA" in plan and "# learning rate of prefix: 0.01 (PEFT" in plan
+    prefix = next(t for t in trains if "--peft_type prefix" in t)
+    assert "--r_ab" not in prefix and "--target_modules" not in prefix  # the budget's method flags it lacks
+    assert "--r_ab 16" in next(t for t in trains if "--peft_type dora" in t)
+    paper = Study(PAPER, Path("study"), (36,), data_dir, PAPER.choose_methods("vera,lokr"))
+    vera, lokr = (step.run_config for step in paper.steps() if step.run_config is not None)
+    assert (vera.r_ab, lokr.r_ab, lokr.grad_acc) == (256, 64, 32)  # VeRA keeps its own rank
+    with pytest.raises(UserError, match="no learning rate for nope in preset cpu-small"):
+        CPU_SMALL.choose_methods("lora,nope")
 
 
 def test_paper_preset_prints_the_specification_protocol(capsys: pytest.CaptureFixture[str]) -> None:

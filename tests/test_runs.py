@@ -137,8 +137,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_reach_the_weights_of_one_process_with_the_doubled_batch(tiny_neo, data_dir, tmp_path):
-    common = {"lora_dropout": 0.0, "max_steps": 6, "max_train_samples": 96, "eval_steps": 6}
+# LoRA; prefix tuning (PEFT's prompt encoder outside the model); AdaLoRA (rank allocation from synchronised
+# gradients, whose float sums differ in order between one and two processes: its masks and the regulariser
+# amplify that to ~2e-5 after 6 steps).
+DDP_CASES = {
+    "lora": ({"lora_dropout": 0.0}, 1e-5),
+    "prefix": ({"r_ab": None, "virtual_tokens": 4, "lr": 3e-2}, 1e-5),
+    "adalora": ({"lora_dropout": 0.0}, 1e-4),
+}
+
+
+@pytest.mark.parametrize("method", DDP_CASES)
+def test_two_processes_reach_the_weights_of_one_process_with_the_doubled_batch(method, tiny_neo, data_dir, tmp_path):
+    settings, atol = DDP_CASES[method]
+    common = {"peft_type": method, **settings, "max_steps": 6, "max_train_samples": 96, "eval_steps": 6}
     single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
     single_dir.mkdir(), ddp_dir.mkdir()
     code, stderr = finish(train_hira(flags(tiny_neo, data_dir, batch=8, **common), single_dir))
@@ -153,7 +165,7 @@ def test_two_processes_reach_the_weights_of_one_process_with_the_doubled_batch(t
     ours = load_file(ddp_run / "checkpoint-6" / "adapter_model.safetensors")
     theirs = load_file(single_run / "checkpoint-6" / "adapter_model.safetensors")
     for name in ours:
-        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=atol)
 
 
 def test_evaluation_sharded_over_two_processes_equals_one_process(tiny_llama, data_dir, tmp_path):

@@ -5,7 +5,8 @@ Two things make it fast on any device:
 - each prompt is encoded once. transformers' beam search repeats every prompt ``num_beams`` times
   before its first forward pass, so at beam 4 the prompt is encoded four times: on SmolLM2-135M
   (CPU, 168-token ARC prompts, 16 new tokens) that prefill was 77% of generation time. We run the
-  prompt (all but its last token) once, repeat its KV cache across beams, and let ``generate`` continue.
+  prompt (all but its last token) once, repeat its KV cache across beams, and let ``generate`` continue
+  (prefix and prompt tuning, whose virtual tokens PEFT's ``generate`` inserts, go one prompt at a time).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from peftbench.evaluate.loglik import inserts_virtual_tokens
 
 
 def _shared_prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, beams: int) -> object:
@@ -48,6 +51,10 @@ def generate_responses(
     Left padding and the attention mask keep every prompt's tokens where they would be alone, so the
     result does not depend on the batch size (tested).
     """
+    if inserts_virtual_tokens(model):
+        # Left padding would sit between the virtual tokens and the prompt and change the answer (tested), and the
+        # prompt cannot be encoded apart from them: one prompt at a time, transformers' own beam search.
+        batch_size, shared_prefill = 1, False
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     responses: list[str] = [""] * len(prompts)
     previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"

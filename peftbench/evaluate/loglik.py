@@ -3,7 +3,8 @@
 Every option's response ("the correct answer is answer2") follows the same prompt and shares most
 of its tokens with the others. The fast path runs prompt + shared response tokens once, then scores
 only the differing tail of every option in one batch on the repeated KV cache; ``naive`` scores each
-option as a full sequence (the reference the fast path is tested against).
+option as a full sequence (the reference the fast path is tested against, and the path of prefix and
+prompt tuning, which cannot continue from a cache).
 """
 
 from __future__ import annotations
@@ -35,11 +36,20 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
+def inserts_virtual_tokens(model: PreTrainedModel) -> bool:
+    """Prefix and prompt tuning: PEFT inserts their virtual tokens on every call, so a pass cannot continue from
+    a returned KV cache, and padding would sit between the virtual tokens and the prompt."""
+    config = getattr(model, "active_peft_config", None)
+    return getattr(config, "is_prompt_learning", False)
+
+
 @torch.inference_mode()
 def score_options(
     model: PreTrainedModel, pad_token_id: int, prompt_length: int, sequences: Sequence[list[int]]
 ) -> OptionScores:
     """Each option's summed log-probability of its tokens after the first ``prompt_length`` (the prompt)."""
+    if inserts_virtual_tokens(model):
+        return score_options_naive(model, pad_token_id, prompt_length, sequences)
     shared = 0
     while all(len(s) > shared + 1 for s in sequences) and len({s[shared] for s in sequences}) == 1:
         shared += 1  # every option keeps at least one token of its own
@@ -75,7 +85,7 @@ def score_options_naive(
     logprobs = []
     for sequence in sequences:
         ids = torch.tensor([sequence], device=model.device)
-        logits = model(input_ids=ids).logits[0]
+        logits = model(input_ids=ids).logits[0, -ids.shape[1] :]  # without prompt tuning's virtual tokens
         logprobs.append(float(_token_logprobs(logits[prompt_length - 1 : -1], ids[0, prompt_length:]).sum()))
     return OptionScores(logprobs, [len(s) - prompt_length for s in sequences])
 

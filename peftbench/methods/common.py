@@ -1,8 +1,9 @@
-"""What the adapter methods share: finding target modules and wrapping/loading through PEFT."""
+"""What the methods share: the plain settings they are built from, target lookup, loading through PEFT."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,26 +17,51 @@ from peftbench.models import load_base_model
 ADAPTABLE_TYPES = (nn.Linear, Conv1D)
 
 
-def resolve_targets(model: nn.Module, targets: Sequence[str]) -> bool:
-    """Check every target names at least one linear layer; return whether they store weights as (in, out).
+@dataclass(frozen=True)
+class AdapterSettings:
+    """The plain values a method is built from (``RunConfig.adapter_settings``); None where it does not apply."""
 
-    A target matches a module whose full name equals it or ends with '.<target>' (PEFT's rule).
-    """
-    linear = {name: module for name, module in model.named_modules() if isinstance(module, ADAPTABLE_TYPES)}
-    matched: dict[str, list[nn.Module]] = {
-        target: [m for name, m in linear.items() if name == target or name.endswith("." + target)] for target in targets
+    rank: int | None = None
+    alpha: float | None = None
+    dropout: float | None = None
+    targets: tuple[str, ...] = ()
+    virtual_tokens: int | None = None
+    total_steps: int | None = None  # optimizer steps of the whole run (AdaLoRA's rank schedule)
+    keep_product: bool = False  # HiRA: keep W0 ⊙ (1 + BA) for backward
+
+
+def adaptable_modules(model: nn.Module, targets: Sequence[str]) -> dict[str, nn.Module]:
+    """The linear layers the targets name: a module whose full name equals a target or ends with '.<target>'
+    (PEFT's rule)."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, ADAPTABLE_TYPES) and any(name == t or name.endswith("." + t) for t in targets)
     }
-    missing = [target for target, modules in matched.items() if not modules]
+
+
+def resolve_targets(model: nn.Module, targets: Sequence[str]) -> bool:
+    """Check every target names at least one linear layer; return whether they store weights as (in, out)."""
+    linear = {name: module for name, module in model.named_modules() if isinstance(module, ADAPTABLE_TYPES)}
+    missing = [target for target in targets if not adaptable_modules(model, [target])]
     if missing:
         available = sorted({name.rsplit(".", 1)[-1] for name in linear})
         raise UserError(
             f"--target_modules {','.join(missing)} not found in the model; "
             f"its linear modules are: {','.join(available)}"
         )
-    kinds = {isinstance(m, Conv1D) for modules in matched.values() for m in modules}
+    kinds = {isinstance(m, Conv1D) for m in adaptable_modules(model, targets).values()}
     if len(kinds) > 1:
         raise UserError("--target_modules mixes Conv1D and Linear layers; adapt one kind at a time")
     return kinds.pop()
+
+
+def require_linear_targets(model: nn.Module, settings: AdapterSettings, method: str) -> list[str]:
+    """The targets, for a method PEFT implements for nn.Linear only (not GPT-2-style Conv1D)."""
+    targets = list(settings.targets)
+    if resolve_targets(model, targets):
+        raise UserError(f"{method} adapts nn.Linear layers only; --target_modules {','.join(targets)} are Conv1D")
+    return targets
 
 
 def load_adapter(ckpt: Path, base_model_path: str, dtype: torch.dtype) -> PeftModel:

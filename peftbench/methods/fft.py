@@ -7,12 +7,12 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from peftbench.config import RunConfig
 from peftbench.errors import UserError
+from peftbench.methods.common import AdapterSettings
 from peftbench.models import load_base_model
 
 
-def apply(model: PreTrainedModel, config: RunConfig) -> PreTrainedModel:
+def apply(model: PreTrainedModel, settings: AdapterSettings) -> PreTrainedModel:
     model.requires_grad_(True)
     return model
 

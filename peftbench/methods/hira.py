@@ -21,8 +21,7 @@ from peft.tuners.hira.layer import Linear as PeftHiraLinear
 from torch import nn
 from transformers import PreTrainedModel
 
-from peftbench.config import RunConfig
-from peftbench.methods.common import load_adapter, resolve_targets
+from peftbench.methods.common import AdapterSettings, load_adapter, resolve_targets
 
 
 def _oriented(weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
@@ -108,19 +107,19 @@ def use_fused_layers(model: nn.Module, keep_product: bool = False) -> nn.Module:
     return model
 
 
-def peft_config(model: PreTrainedModel, config: RunConfig) -> HiraConfig:
-    targets = config.target_module_list
+def peft_config(model: PreTrainedModel, settings: AdapterSettings) -> HiraConfig:
+    targets = list(settings.targets)
     return HiraConfig(
-        r=config.r_ab,
+        r=settings.rank,
         target_modules=targets,
-        hira_dropout=config.hira_dropout,
+        hira_dropout=settings.dropout,
         fan_in_fan_out=resolve_targets(model, targets),
         task_type="CAUSAL_LM",
     )
 
 
-def apply(model: PreTrainedModel, config: RunConfig) -> PeftModel:
-    return use_fused_layers(get_peft_model(model, peft_config(model, config)), config.hira_keep_product)
+def apply(model: PreTrainedModel, settings: AdapterSettings) -> PeftModel:
+    return use_fused_layers(get_peft_model(model, peft_config(model, settings)), settings.keep_product)
 
 
 def load(ckpt: Path, base_model_path: str, dtype: torch.dtype) -> PeftModel:
