@@ -27,7 +27,7 @@ CASES = {
     "lokr": ({"r_ab": 4}, ("lokr_w",), 0.1, 0.05),
     "oft": ({}, ("oft_R",), 1e-2, 0.02),
     "ia3": ({}, ("ia3_l",), 0.3, 0.02),
-    "prefix": ({"virtual_tokens": 4}, ("prompt_encoder",), 3e-2, 0.05),
+    "prefix": ({"virtual_tokens": 4}, ("prompt_encoder",), 0.1, 0.05),
     "prompt": ({"virtual_tokens": 4}, ("prompt_encoder",), 0.3, 0.02),
     "fft": ({}, None, 1e-3, 0.05),  # None: every parameter
 }

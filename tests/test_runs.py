@@ -94,7 +94,9 @@ def test_resume_without_an_unfinished_run_starts_a_new_one(tiny_neo, data_dir, t
 
 
 def test_a_nan_loss_stops_the_run_naming_the_step(tiny_neo, data_dir, tmp_path):
-    code, stderr = finish(train_hira(flags(tiny_neo, data_dir, peft_type="fft", lr=1e12, max_steps=20), tmp_path))
+    code, stderr = finish(
+        train_hira(flags(tiny_neo, data_dir, peft_type="fft", r_ab=None, lr=1e12, max_steps=20), tmp_path)
+    )
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1, stderr[-3000:]
     assert "training loss became nan at step" in errors[0] and "try --load_bit 32 or a lower --lr" in errors[0]
