@@ -30,27 +30,32 @@ class AdapterSettings:
     keep_product: bool = False  # HiRA: keep W0 ⊙ (1 + BA) for backward
 
 
+def _names(target: str, module_name: str) -> bool:
+    """PEFT's rule: a target names a module whose full name equals it or ends with '.<target>'."""
+    return module_name == target or module_name.endswith("." + target)
+
+
 def adaptable_modules(model: nn.Module, targets: Sequence[str]) -> dict[str, nn.Module]:
-    """The linear layers the targets name: a module whose full name equals a target or ends with '.<target>'
-    (PEFT's rule)."""
+    """The linear layers the targets name."""
     return {
         name: module
         for name, module in model.named_modules()
-        if isinstance(module, ADAPTABLE_TYPES) and any(name == t or name.endswith("." + t) for t in targets)
+        if isinstance(module, ADAPTABLE_TYPES) and any(_names(t, name) for t in targets)
     }
 
 
 def resolve_targets(model: nn.Module, targets: Sequence[str]) -> bool:
     """Check every target names at least one linear layer; return whether they store weights as (in, out)."""
-    linear = {name: module for name, module in model.named_modules() if isinstance(module, ADAPTABLE_TYPES)}
-    missing = [target for target in targets if not adaptable_modules(model, [target])]
+    found = adaptable_modules(model, targets)
+    missing = [t for t in targets if not any(_names(t, name) for name in found)]
     if missing:
+        linear = [name for name, module in model.named_modules() if isinstance(module, ADAPTABLE_TYPES)]
         available = sorted({name.rsplit(".", 1)[-1] for name in linear})
         raise UserError(
             f"--target_modules {','.join(missing)} not found in the model; "
             f"its linear modules are: {','.join(available)}"
         )
-    kinds = {isinstance(m, Conv1D) for m in adaptable_modules(model, targets).values()}
+    kinds = {isinstance(m, Conv1D) for m in found.values()}
     if len(kinds) > 1:
         raise UserError("--target_modules mixes Conv1D and Linear layers; adapt one kind at a time")
     return kinds.pop()
