@@ -196,6 +196,20 @@ def _bench_tokenize(args: argparse.Namespace) -> None:
     bench_tokenize(args.examples, args.tokenizer, args.data_dir)
 
 
+def _bench_protocol(args: argparse.Namespace) -> None:
+    from peftbench.bench_protocol import ProtocolBench, bench_protocol
+
+    methods = tuple(name.strip() for name in args.methods.split(",") if name.strip())
+    settings = ProtocolBench(args.model, args.tokenizer, methods, args.train_steps, args.questions, args.data_dir)
+    bench_protocol(settings, Path(args.out) if args.out else None)
+
+
+def _bench_trainer(args: argparse.Namespace) -> None:
+    from peftbench.bench_protocol import bench_trainer
+
+    bench_trainer(args.model, args.steps, args.data_dir, Path(args.out) if args.out else None)
+
+
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data_dir", default=default_data_dir(), help="comma-separated data folders (env PEFTBENCH_DATA_DIR)"
@@ -266,6 +280,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench_tokenize.add_argument("--tokenizer", default="smollm2-135m")
     _add_data_dir(bench_tokenize)
     bench_tokenize.set_defaults(action=_bench_tokenize)
+
+    protocol = bench.add_parser(
+        "protocol", help="the paper preset's training and evaluation rates, and its projected wall time"
+    )
+    protocol.add_argument("--model", default="neo-1.3b", help="a bench geometry (random weights) or a model folder")
+    protocol.add_argument("--tokenizer", default="smollm2-135m", help="tokenizer of a random-weight geometry")
+    protocol.add_argument("--methods", default="hira,lora,fft,ia3", help="methods of the paper preset to time")
+    protocol.add_argument("--train_steps", type=int, default=3, help="measured optimizer steps per method")
+    protocol.add_argument("--questions", type=int, default=64, help="seeded questions per benchmark and mode")
+    _add_data_dir(protocol)
+    protocol.add_argument("--out", default="bench_protocol.json", help="JSON report ('' for none)")
+    protocol.set_defaults(action=_bench_protocol)
+
+    trainer = bench.add_parser("trainer", help="seconds per step of peftbench train against a plain PEFT loop")
+    trainer.add_argument("--model", default="smollm2-135m")
+    trainer.add_argument("--steps", type=int, default=8, help="measured steps (one more runs first)")
+    _add_data_dir(trainer)
+    trainer.add_argument("--out", default="bench_trainer.json", help="JSON report ('' for none)")
+    trainer.set_defaults(action=_bench_trainer)
 
     reproduce = commands.add_parser(
         "reproduce", help="a whole study: zero-shot and every method trained, evaluated, analysed; a results page"

@@ -16,6 +16,7 @@ from typing import Any
 
 from peftbench.data.registry import get_dataset, resolve_names
 from peftbench.errors import UserError
+from peftbench.execution import check_micro_batch
 from peftbench.methods import METHOD_FLAGS, METHODS, Method, get_method
 from peftbench.methods.common import AdapterSettings
 from peftbench.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
@@ -93,7 +94,18 @@ class RunConfig:
         default=16,
         metadata=_help("16: bf16 where supported, else fp16 on GPU / fp32 on CPU; 32: fp32.", choices=(16, 32)),
     )
-    enable_grad_ckpt: bool = field(default=False, metadata=_help("Enable gradient checkpointing."))
+    enable_grad_ckpt: bool = field(
+        default=False,
+        metadata=_help("Gradient checkpointing; with --micro_batch auto, only where the memory needs it."),
+    )
+    micro_batch: str = field(
+        default="auto",
+        metadata=_help(
+            "How a step's --batch × --grad_acc sequences are executed (same examples, same gradient): 'auto' "
+            "(the largest micro-batch the GPU fits, each step regrouped by length), 'spec' (the flags literally) "
+            "or a number of sequences."
+        ),
+    )
     seed: int = field(default=36, metadata=_help("Random seed (data split, init, data order)."))
     eval_strategy: str | None = field(
         default=None, metadata=_help("When to compute validation loss. Protocol default.", choices=EVAL_STRATEGIES)
@@ -171,6 +183,7 @@ class RunConfig:
             logging_steps=self.logging_steps,
             virtual_tokens=self.virtual_tokens,
         )
+        check_micro_batch(self.micro_batch, self.batch, self.grad_acc)
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
         if "target_modules" in method.flags and not self.target_module_list:
@@ -245,7 +258,9 @@ class EvalConfig:
             choices=tuple(PROTOCOLS),
         ),
     )
-    batch: int = field(default=16, metadata=_help("Prompts per generation batch."))
+    batch: int = field(
+        default=16, metadata=_help("Questions per pass: generation prompts, or log-likelihood questions.")
+    )
     beam_size: int | None = field(default=None, metadata=_help("Beams for generation. Protocol default (4)."))
     max_new_tokens: int | None = field(
         default=None, metadata=_help("Maximum generated tokens per answer. Protocol default (hira: 16).")

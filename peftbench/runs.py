@@ -27,7 +27,8 @@ from peftbench.errors import UserError
 logger = logging.getLogger(__name__)
 
 RUN_RECORD = "output.jsonl"
-RESUME_FIELDS = ("resume", "resume_from_checkpoint")  # may differ between a run and its resumption
+# May differ between a run and its resumption (the micro-batch changes how a step runs, not what it computes).
+RESUME_FIELDS = ("resume", "resume_from_checkpoint", "micro_batch")
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -35,9 +36,17 @@ from peftbench.config import RunConfig
 from peftbench.data.pipeline import build_datasets
 from peftbench.data.registry import get_dataset
 from peftbench.errors import TrainingInterrupted, UserError
+from peftbench.execution import Execution, cuda_memory_probe, padded_tokens, plan_execution, regroup_by_length
 from peftbench.guards import DiskSpaceGuard, DivergenceGuard, InterruptSaver
 from peftbench.methods import Method, get_method
-from peftbench.models import choose_precision, count_parameters, load_base_model, load_tokenizer, resolve_model_path
+from peftbench.models import (
+    Precision,
+    choose_precision,
+    count_parameters,
+    load_base_model,
+    load_tokenizer,
+    resolve_model_path,
+)
 from peftbench.protocols import get_protocol
 from peftbench.runs import RUN_RECORD, append_record, choose_run_folder, environment_record
 from peftbench.validation import AnswerLabelCollator, TokenWeightedTrainer, option_accuracy
@@ -63,7 +72,10 @@ class RunStatsCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs) -> None:  # noqa: ANN001
         if logs is not None:
-            logs.update(elapsed_s=round(time.perf_counter() - self.start, 2), **peak_memory())
+            stats = {"elapsed_s": round(time.perf_counter() - self.start, 2), **peak_memory()}
+            logs.update(stats)  # what is printed
+            if state.log_history:  # what trainer_state.json keeps: the Trainer stored a copy of logs before this call
+                state.log_history[-1].update(stats)
 
 
 class MethodSchedule(TrainerCallback):
@@ -83,6 +95,26 @@ class MethodSchedule(TrainerCallback):
             self.method.after_optimizer_step(model, state.global_step)
 
 
+class GroupedStepTrainer(TokenWeightedTrainer):
+    """TokenWeightedTrainer that regroups each step's micro-batches by length (``group_by_length``) and counts
+    the padding it executes (``padding``: real and executed tokens, summed over the run)."""
+
+    def __init__(self, *args: Any, group_by_length: bool, pad_token_id: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group_by_length, self.pad_token_id = group_by_length, pad_token_id
+        self.padding = {"real_tokens": 0, "executed_tokens": 0}
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):  # noqa: ANN001, ANN201
+        batches, label_tokens = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.group_by_length and len(batches) > 1:
+            batches = regroup_by_length(batches, self.pad_token_id)
+        if batches:
+            real, executed = padded_tokens(batches)
+            self.padding["real_tokens"] += real
+            self.padding["executed_tokens"] += executed
+        return batches, label_tokens
+
+
 def peak_memory() -> dict[str, float]:
     """GPU: max allocated by torch; CPU: peak resident set size of this process."""
     if torch.cuda.is_available():
@@ -90,15 +122,17 @@ def peak_memory() -> dict[str, float]:
     return {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
 
 
-def training_arguments(config: RunConfig, bf16: bool, fp16: bool, evaluate: bool) -> TrainingArguments:
+def training_arguments(
+    config: RunConfig, execution: Execution, bf16: bool, fp16: bool, evaluate: bool
+) -> TrainingArguments:
     """The Trainer's settings; output_dir is set once the run folder is chosen."""
     eval_strategy = config.eval_strategy if evaluate else "no"
     select_by = SELECTION_METRICS.get(config.select_checkpoint)  # None: the last checkpoint
     return TrainingArguments(
         output_dir=config.output_folder,
-        per_device_train_batch_size=config.batch,
-        per_device_eval_batch_size=config.batch,
-        gradient_accumulation_steps=config.grad_acc,
+        per_device_train_batch_size=execution.micro_batch,
+        per_device_eval_batch_size=execution.micro_batch,  # validation is token-weighted: any batch gives the same
+        gradient_accumulation_steps=execution.grad_acc,
         learning_rate=config.lr,
         num_train_epochs=config.epoch,
         max_steps=config.max_steps,
@@ -107,7 +141,7 @@ def training_arguments(config: RunConfig, bf16: bool, fp16: bool, evaluate: bool
         bf16=bf16,
         fp16=fp16,
         # Non-reentrant checkpointing works with frozen embeddings (adapters) without enable_input_require_grads.
-        activation_checkpointing=config.enable_grad_ckpt,
+        activation_checkpointing=execution.checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         eval_strategy=eval_strategy,
         eval_steps=config.eval_steps,
@@ -145,7 +179,9 @@ def train(config: RunConfig) -> TrainResult:
     data = build_datasets(config, tokenizer)  # before the model: fail fast
     train_data, validation_data, data_info = data.train, data.validation, data.info
 
-    args = training_arguments(config, precision.bf16, precision.fp16, evaluate=validation_data is not None)
+    literal = Execution(config.batch, config.grad_acc, config.enable_grad_ckpt, False, "the flags")
+    evaluate = validation_data is not None
+    args = training_arguments(config, literal, precision.bf16, precision.fp16, evaluate)
     args.device  # noqa: B018 -- sets up the process group (torchrun / accelerate launch) behind distributed_state
     processes = args.distributed_state
     total_steps = (
@@ -153,6 +189,10 @@ def train(config: RunConfig) -> TrainResult:
     )
     model = method.apply(load_base_model(model_path, precision.dtype), config.adapter_settings(total_steps))
     model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
+    execution = _plan_execution(config, model, precision, processes)
+    logger.info("execution: %d × %d per device (%s)", execution.micro_batch, execution.grad_acc, execution.why)
+    if execution != literal:
+        args = training_arguments(config, execution, precision.bf16, precision.fp16, evaluate)
     parameters = count_parameters(model)
     logger.info(
         "%s: %d trainable of %d parameters (%.4f%%)",
@@ -170,7 +210,8 @@ def train(config: RunConfig) -> TrainResult:
     if processes.is_main_process:
         if target.resumed:
             resumed_from = str(target.checkpoint) if target.checkpoint else "the start (no complete checkpoint)"
-            append_record(record_path, {"event": "resume", "from": resumed_from, "environment": environment_record()})
+            resume = {"event": "resume", "from": resumed_from, "execution": execution.record()}
+            append_record(record_path, {**resume, "environment": environment_record()})
             logger.info("resuming %s from %s", run_dir, resumed_from)
         else:
             append_record(
@@ -183,6 +224,7 @@ def train(config: RunConfig) -> TrainResult:
                     "parameters": parameters,
                     "data": data_info,
                     "processes": processes.num_processes,
+                    "execution": execution.record(),
                     "environment": environment_record(),
                 },
             )
@@ -190,7 +232,9 @@ def train(config: RunConfig) -> TrainResult:
 
     interrupt, divergence = InterruptSaver(), DivergenceGuard()
     disk = DiskSpaceGuard(model, run_dir, saves_full_model=method.full_finetune)
-    trainer = TokenWeightedTrainer(
+    trainer = GroupedStepTrainer(
+        group_by_length=execution.group_by_length,
+        pad_token_id=tokenizer.pad_token_id,
         model=model,
         args=args,
         train_dataset=train_data,
@@ -220,6 +264,7 @@ def train(config: RunConfig) -> TrainResult:
         "checkpoint_selection": selection,
         "train_time_s": round(train_time, 2),
         "train_samples_per_s": output.metrics.get("train_samples_per_second"),
+        "padding_fraction": _padding_fraction(trainer.padding),
         **peak_memory(),
         **parameters,
     }
@@ -228,6 +273,28 @@ def train(config: RunConfig) -> TrainResult:
         append_record(record_path, metrics)
     logger.info("training done in %.1f s; checkpoint to evaluate: %s", train_time, checkpoint)
     return TrainResult(run_dir=run_dir, checkpoint=checkpoint, metrics=metrics)
+
+
+def _plan_execution(
+    config: RunConfig, model: PreTrainedModel, precision: Precision, processes: PartialState
+) -> Execution:
+    """The micro-batch and checkpointing of this run; every process runs process 0's plan."""
+    fits = None
+    if torch.cuda.is_available() and config.ds_config is None and config.micro_batch == "auto":
+        model.to(processes.device)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        adam_bytes = 2 * trainable * 4  # AdamW's two fp32 moments, allocated at the first optimizer step
+        autocast = torch.bfloat16 if precision.bf16 else torch.float16 if precision.fp16 else None
+        fits = cuda_memory_probe(model, config.max_length, adam_bytes, autocast)
+    plans = [plan_execution(config.micro_batch, config.batch, config.grad_acc, config.enable_grad_ckpt, fits)]
+    if processes.num_processes > 1:
+        broadcast_object_list(plans, from_process=0)
+    return plans[0]
+
+
+def _padding_fraction(padding: dict[str, int]) -> float | None:
+    executed = padding["executed_tokens"]
+    return round(1 - padding["real_tokens"] / executed, 4) if executed else None
 
 
 def optimizer_steps(examples: int, config: RunConfig, processes: int) -> int:
@@ -245,7 +312,7 @@ def _validation_accuracy(
     if config.select_checkpoint != "accuracy" or not examples:
         return None
     spec, protocol = get_dataset(config.dataset), get_protocol(config.protocol)
-    return lambda model: option_accuracy(model, tokenizer, examples, spec, protocol)
+    return lambda model: option_accuracy(model, tokenizer, examples, spec, protocol, config.batch)
 
 
 def _eval_loss_at(state: TrainerState, checkpoint: Path) -> float | None:

@@ -71,10 +71,11 @@ def option_accuracy(
     examples: list[dict[str, str]],
     spec: DatasetSpec,
     protocol: Protocol,
+    batch: int,
 ) -> float:
     """Log-likelihood accuracy on the examples, scored exactly as ``--eval_mode loglik`` scores a benchmark."""
     prompts = [build_prompt(e, protocol) for e in examples]
-    scored = score_questions(model, tokenizer, examples, prompts, spec, protocol)
+    scored = score_questions(model, tokenizer, examples, prompts, spec, protocol, batch)
     correct = sum(options[scores.best()] == e["answer"] for e, (options, scores) in zip(examples, scored, strict=True))
     return correct / len(examples)
 

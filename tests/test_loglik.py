@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from peftbench.data.prompts import build_prompt, eval_prompt_ids, scored_sequences
 from peftbench.data.registry import get_dataset
 from peftbench.data.sources import answer_options, load_test_examples
-from peftbench.evaluate.loglik import OptionScores, score_options, score_options_naive
+from peftbench.evaluate.loglik import OptionScores, score_options, score_options_naive, score_questions
 from peftbench.models import load_tokenizer
 from peftbench.protocols import PROTOCOLS
 
@@ -63,6 +63,27 @@ def test_fast_path_equals_naive_path(model_and_tokenizer, data_dir: str, dataset
         assert fast.token_counts == naive.token_counts
         assert fast.logprobs == pytest.approx(naive.logprobs, abs=1e-3)
         assert fast.best() == naive.best() and fast.best(normalise=True) == naive.best(normalise=True)
+
+
+@pytest.mark.parametrize("dataset", ["boolq", "arc_easy", "hellaswag", "winogrande"])
+def test_batched_questions_score_as_one_question_at_a_time_whatever_the_batch(
+    model_and_tokenizer, data_dir: str, dataset: str
+) -> None:
+    model, tokenizer = model_and_tokenizer
+    spec, protocol = get_dataset(dataset), PROTOCOLS["hira"]
+    examples = load_test_examples(dataset, data_dir).examples[:11]
+    prompts = [build_prompt(example, protocol) for example in examples]
+    by_batch = {
+        batch: list(score_questions(model, tokenizer, examples, prompts, spec, protocol, batch)) for batch in (1, 4, 11)
+    }
+    for options, scores in by_batch[1]:  # one question at a time is the scorer tested above against the naive one
+        assert len(scores.logprobs) == len(options)
+    for batch in (4, 11):
+        for (options, scores), (one_options, one) in zip(by_batch[batch], by_batch[1], strict=True):
+            assert options == one_options and scores.token_counts == one.token_counts
+            assert scores.logprobs == pytest.approx(one.logprobs, abs=1e-4)
+    # Left-padded rows really occur: the prompts of a batch differ in length.
+    assert len({len(ids) for ids in eval_prompt_ids(tokenizer, prompts, protocol)}) > 1
 
 
 def test_length_normalised_choice_can_differ() -> None:

@@ -137,7 +137,8 @@ def _generate(
 def _loglik(
     loaded: EvalModel, spec: DatasetSpec, examples: list[Example], prompts: list[str], config: EvalConfig
 ) -> list[dict]:
-    scored = score_questions(loaded.model, loaded.tokenizer, examples, prompts, spec, get_protocol(config.protocol))
+    protocol = get_protocol(config.protocol)
+    scored = score_questions(loaded.model, loaded.tokenizer, examples, prompts, spec, protocol, config.batch)
     return [
         {
             "options": options,

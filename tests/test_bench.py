@@ -1,0 +1,35 @@
+"""The protocol benchmark: what it measures reaches its report, and its projection is the paper preset's work
+divided by those rates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from peftbench.bench_protocol import PAPER_TRAIN_EXAMPLES, ProtocolBench, bench_protocol
+from peftbench.data.registry import resolve_names
+from peftbench.data.sources import load_test_examples
+from peftbench.errors import UserError
+
+
+def test_protocol_bench_measures_both_executions_and_projects_the_paper_preset(tiny_neo, data_dir, tmp_path) -> None:
+    out = tmp_path / "bench_protocol.json"
+    # IA3: the specification's smallest step (--batch 32 --grad_acc 1), so the test stays short.
+    bench_protocol(ProtocolBench(str(tiny_neo), "unused", ("ia3",), 1, 1, data_dir), out)
+    report = json.loads(out.read_text())
+    ia3 = report["training"]["ia3"]
+    assert ia3["auto"]["execution"]["group_by_length"] and not ia3["spec"]["execution"]["group_by_length"]
+    assert [(run["execution"]["micro_batch"], run["execution"]["grad_acc"]) for run in ia3.values()] == [(32, 1)] * 2
+    assert all(run["samples_per_s"] > 0 and 0 < run["padding_fraction"] < 1 for run in ia3.values())
+    rates = report["evaluation_questions_per_s"]
+    assert set(rates) == {"generate", "loglik"} and set(rates["loglik"]) == set(resolve_names("all"))
+    sizes = {name: len(load_test_examples(name, data_dir).examples) for name in resolve_names("all")}
+    evaluation = sum(2 * sizes[name] / rate for by_name in rates.values() for name, rate in by_name.items())
+    training = PAPER_TRAIN_EXAMPLES / ia3["auto"]["samples_per_s"]
+    assert report["projection"]["total_h"] == pytest.approx((training + evaluation) / 3600)
+
+
+def test_protocol_bench_refuses_a_method_the_paper_preset_has_no_command_for(tiny_neo, data_dir) -> None:
+    with pytest.raises(UserError, match="no command for nonsense"):
+        bench_protocol(ProtocolBench(str(tiny_neo), "unused", ("nonsense",), 1, 1, data_dir), None)
