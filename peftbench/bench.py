@@ -14,15 +14,18 @@ resident-set high-water mark reset after construction (Linux), on GPU the max al
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -344,12 +347,24 @@ def bench_eval(
     return report
 
 
+@contextlib.contextmanager
+def scratch_folder() -> Iterator[Path]:
+    """A temporary folder that is also the peftbench cache (tokenized data) until the block ends."""
+    previous = os.environ.get("PEFTBENCH_CACHE")
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["PEFTBENCH_CACHE"] = str(Path(folder, "cache"))
+        try:
+            yield Path(folder)
+        finally:
+            if previous is None:
+                os.environ.pop("PEFTBENCH_CACHE")
+            else:
+                os.environ["PEFTBENCH_CACHE"] = previous
+
+
 def bench_tokenize(examples: int, tokenizer_name: str, data_dir: str) -> dict[str, float]:
     """Seconds to build the training set (load, split, tokenize, cache) from a replicate of the local
     Commonsense mix of `examples` examples, then again from the cache, in a temporary cache folder."""
-    import os
-    import tempfile
-
     from peftbench.data.pipeline import build_datasets
     from peftbench.data.sources import load_train_examples
     from peftbench.models import load_tokenizer
@@ -357,23 +372,15 @@ def bench_tokenize(examples: int, tokenizer_name: str, data_dir: str) -> dict[st
     tokenizer = load_tokenizer(resolve_model_path(tokenizer_name))
     local = load_train_examples("common_170k", data_dir).examples
     seconds = {}
-    previous_cache = os.environ.get("PEFTBENCH_CACHE")
-    with tempfile.TemporaryDirectory() as folder:
+    with scratch_folder() as folder:  # a cold cache, removed afterwards
         replicate = (local * (examples // len(local) + 1))[:examples]
-        Path(folder, "commonsense_170k.json").write_text(json.dumps(replicate))
-        os.environ["PEFTBENCH_CACHE"] = str(Path(folder, "cache"))  # a cold cache, removed afterwards
-        try:
-            config = RunConfig(dataset="common_170k", data_dir=folder)
-            for attempt in ("first build", "from cache"):
-                start = time.perf_counter()
-                train = build_datasets(config, tokenizer).train
-                seconds[attempt] = time.perf_counter() - start
-                print(f"  {attempt}: {len(train)} training examples ready in {seconds[attempt]:.1f} s", flush=True)
-        finally:
-            if previous_cache is None:
-                os.environ.pop("PEFTBENCH_CACHE")
-            else:
-                os.environ["PEFTBENCH_CACHE"] = previous_cache
+        (folder / "commonsense_170k.json").write_text(json.dumps(replicate))
+        config = RunConfig(dataset="common_170k", data_dir=str(folder))
+        for attempt in ("first build", "from cache"):
+            start = time.perf_counter()
+            train = build_datasets(config, tokenizer).train
+            seconds[attempt] = time.perf_counter() - start
+            print(f"  {attempt}: {len(train)} training examples ready in {seconds[attempt]:.1f} s", flush=True)
     return seconds
 
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM
 
-from peftbench.bench import BENCH_MODELS
+from peftbench.bench import BENCH_MODELS, scratch_folder
 from peftbench.config import EvalConfig, RunConfig
 from peftbench.data.registry import resolve_names
 from peftbench.data.sources import load_test_examples
@@ -123,22 +121,13 @@ def bench_protocol(bench: ProtocolBench, out: Path | None) -> dict[str, Any]:
     unknown = [m for m in bench.methods if m not in {plan.peft_type for plan in (*PAPER.methods, *PAPER.more_methods)}]
     if unknown:
         raise UserError(f"--methods: the paper preset has no command for {', '.join(unknown)}")
-    previous_cache = os.environ.get("PEFTBENCH_CACHE")
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch)
-        os.environ["PEFTBENCH_CACHE"] = str(folder / "cache")  # tokenized data and nothing else, removed after
-        try:
-            model = model_folder(bench, folder / "model")
-            train_rates = {
-                method: {e: training_rate(bench, model, method, e, folder / method / e) for e in EXECUTIONS}
-                for method in bench.methods
-            }
-            evaluation = evaluation_rates(bench, model, folder / "eval")
-        finally:
-            if previous_cache is None:
-                os.environ.pop("PEFTBENCH_CACHE")
-            else:
-                os.environ["PEFTBENCH_CACHE"] = previous_cache
+    with scratch_folder() as folder:  # tokenized data, runs and results, removed after
+        model = model_folder(bench, folder / "model")
+        train_rates = {
+            method: {e: training_rate(bench, model, method, e, folder / method / e) for e in EXECUTIONS}
+            for method in bench.methods
+        }
+        evaluation = evaluation_rates(bench, model, folder / "eval")
     report = {
         "bench": dataclasses.asdict(bench),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}",
@@ -186,26 +175,18 @@ def format_report(report: dict[str, Any]) -> str:
 def bench_trainer(model_name: str, steps: int, data_dir: str, out: Path | None) -> dict[str, Any]:
     """Seconds per step of `peftbench train` (literal and default execution) against a plain PEFT loop on the
     same examples: LoRA r 16 on q,k,v,up,down, batch 8, lr 3e-4, no validation; medians after the first step."""
-    previous_cache = os.environ.get("PEFTBENCH_CACHE")
-    with tempfile.TemporaryDirectory() as scratch:
-        os.environ["PEFTBENCH_CACHE"] = str(Path(scratch, "cache"))
-        try:
-            flags = RunConfig(
-                peft_type="lora", model_name=model_name, r_ab=16, lr=3e-4, batch=8, max_steps=steps + 1,
-                max_train_samples=8 * (steps + 1), val_set_size=0, logging_steps=1, data_dir=data_dir,
-                target_modules="q_proj,k_proj,v_proj,up_proj,down_proj", output_folder=str(Path(scratch, "runs")),
-            )  # fmt: skip
-            seconds = {"plain PEFT loop": _plain_loop_step_times(flags)}
-            for execution in EXECUTIONS[::-1]:
-                run_dir = train(dataclasses.replace(flags, micro_batch=execution)).run_dir
-                history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
-                elapsed = [entry["elapsed_s"] for entry in history if "loss" in entry]
-                seconds[f"peftbench train, --micro_batch {execution}"] = [b - a for a, b in itertools.pairwise(elapsed)]
-        finally:
-            if previous_cache is None:
-                os.environ.pop("PEFTBENCH_CACHE")
-            else:
-                os.environ["PEFTBENCH_CACHE"] = previous_cache
+    with scratch_folder() as folder:
+        flags = RunConfig(
+            peft_type="lora", model_name=model_name, r_ab=16, lr=3e-4, batch=8, max_steps=steps + 1,
+            max_train_samples=8 * (steps + 1), val_set_size=0, logging_steps=1, data_dir=data_dir,
+            target_modules="q_proj,k_proj,v_proj,up_proj,down_proj", output_folder=str(folder / "runs"),
+        )  # fmt: skip
+        seconds = {"plain PEFT loop": _plain_loop_step_times(flags)}
+        for execution in EXECUTIONS[::-1]:
+            run_dir = train(dataclasses.replace(flags, micro_batch=execution)).run_dir
+            history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+            elapsed = [entry["elapsed_s"] for entry in history if "loss" in entry]
+            seconds[f"peftbench train, --micro_batch {execution}"] = [b - a for a, b in itertools.pairwise(elapsed)]
     medians = {way: statistics.median(times) for way, times in seconds.items()}
     plain = medians["plain PEFT loop"]
     for way, median in medians.items():

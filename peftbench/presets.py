@@ -199,10 +199,8 @@ PAPER = Preset(
     needs_gpu=True,
     offline=False,
     cost=(
-        "estimated, not measured (no GPU here): about 2.5 A100-80GB hours to train all four methods "
-        "(1 epoch of ~25M tokens; 6-8 FLOPs per parameter per token with gradient checkpointing, at ~100 TFLOP/s) "
-        "and about 3.5 hours to evaluate five models on ~23.6k test questions with beam 4; "
-        "about 6 A100-hours in all, 2-3 hours on an H100/H200"
+        "not measured with this release's execution (no GPU was available to it): on a GPU, "
+        "`peftbench bench protocol` measures the training and evaluation rates and prints the projected wall time"
     ),
     differences=(
         "Protocol hira: the official code's template bytes, prompt cut at 256 with the (<= 16-token) answer "

@@ -179,7 +179,7 @@ def train(config: RunConfig) -> TrainResult:
     data = build_datasets(config, tokenizer)  # before the model: fail fast
     train_data, validation_data, data_info = data.train, data.validation, data.info
 
-    literal = Execution(config.batch, config.grad_acc, config.enable_grad_ckpt, False, "the flags")
+    literal = plan_execution("spec", config.batch, config.grad_acc, config.enable_grad_ckpt, fits=None)
     evaluate = validation_data is not None
     args = training_arguments(config, literal, precision.bf16, precision.fp16, evaluate)
     args.device  # noqa: B018 -- sets up the process group (torchrun / accelerate launch) behind distributed_state

@@ -12,6 +12,7 @@ from peftbench.data.pipeline import hold_out_validation
 from peftbench.data.prompts import IGNORE_INDEX, build_prompt, eval_prompt_ids, tokenize_batch
 from peftbench.data.registry import benchmark_names
 from peftbench.data.sources import load_test_examples
+from peftbench.execution import Execution, plan_execution
 from peftbench.protocols import HIRA, LLM_ADAPTERS
 from peftbench.train import training_arguments
 
@@ -149,13 +150,17 @@ def test_hira_validation_set_is_the_same_for_every_seed() -> None:
     assert other["i"] != seed_36["i"]
 
 
+def _literal(config: RunConfig) -> Execution:
+    return plan_execution("spec", config.batch, config.grad_acc, config.enable_grad_ckpt, fits=None)
+
+
 def test_protocol_defaults_reach_the_trainer_and_flags_override_them() -> None:
     hira = RunConfig(peft_type="lora", model_name="m")
-    args = training_arguments(hira, bf16=False, fp16=False, evaluate=True)
+    args = training_arguments(hira, _literal(hira), bf16=False, fp16=False, evaluate=True)
     assert (args.weight_decay, args.warmup_steps, args.eval_strategy, args.save_total_limit) == (0.01, 10, "epoch", 1)
     assert (hira.lr, hira.batch, hira.r_ab, hira.train_on_inputs) == (1e-5, 32, 16, False)
     adapters = RunConfig(peft_type="lora", model_name="m", protocol="llm-adapters")
-    args = training_arguments(adapters, bf16=False, fp16=False, evaluate=True)
+    args = training_arguments(adapters, _literal(adapters), bf16=False, fp16=False, evaluate=True)
     assert (args.weight_decay, args.warmup_steps, args.eval_strategy, args.eval_steps) == (0.0, 100, "steps", 200)
     assert (adapters.lr, adapters.batch, adapters.grad_acc, adapters.train_on_inputs) == (3e-4, 4, 32, True)
     mixed = RunConfig(peft_type="lora", model_name="m", protocol="llm-adapters", warmup=7, train_on_inputs=False)

@@ -73,7 +73,7 @@ def test_paper_preset_prints_the_specification_protocol(capsys: pytest.CaptureFi
     generation = [line for line in plan.splitlines() if "--eval_mode generate" in line]
     # Decoding is the protocol's: beam 4, 16 new tokens (no flag needed), deterministic.
     assert len(generation) == 5 and all("--dataset all" in g and "--max_new_tokens" not in g for g in generation)
-    assert "A100" in plan and "Protocol hira" in plan
+    assert "peftbench bench protocol" in plan and "Protocol hira" in plan
     assert "sample" not in plan.replace("--max_eval_samples", "").replace("samples/s", "")  # no sampling claim
 
 
