@@ -189,7 +189,7 @@ def train(config: RunConfig) -> TrainResult:
     )
     model = method.apply(load_base_model(model_path, precision.dtype), config.adapter_settings(total_steps))
     model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
-    execution = _plan_execution(config, model, precision, processes)
+    execution = _plan_execution(config, method, model, precision, processes)
     logger.info("execution: %d × %d per device (%s)", execution.micro_batch, execution.grad_acc, execution.why)
     if execution != literal:
         args = training_arguments(config, execution, precision.bf16, precision.fp16, evaluate)
@@ -276,7 +276,7 @@ def train(config: RunConfig) -> TrainResult:
 
 
 def _plan_execution(
-    config: RunConfig, model: PreTrainedModel, precision: Precision, processes: PartialState
+    config: RunConfig, method: Method, model: PreTrainedModel, precision: Precision, processes: PartialState
 ) -> Execution:
     """The micro-batch and checkpointing of this run; every process runs process 0's plan."""
     fits = None
@@ -285,7 +285,12 @@ def _plan_execution(
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         adam_bytes = 2 * trainable * 4  # AdamW's two fp32 moments, allocated at the first optimizer step
         autocast = torch.bfloat16 if precision.bf16 else torch.float16 if precision.fp16 else None
-        fits = cuda_memory_probe(model, config.max_length, adam_bytes, autocast)
+        probe = cuda_memory_probe(model, config.max_length, adam_bytes, autocast)
+        can_checkpoint = "enable_grad_ckpt" not in method.refuses  # prefix tuning cannot
+
+        def fits(size: int, checkpointing: bool) -> bool:
+            return (can_checkpoint or not checkpointing) and probe(size, checkpointing)
+
     plans = [plan_execution(config.micro_batch, config.batch, config.grad_acc, config.enable_grad_ckpt, fits)]
     if processes.num_processes > 1:
         broadcast_object_list(plans, from_process=0)
