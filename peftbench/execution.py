@@ -150,7 +150,7 @@ def cuda_memory_probe(
 def _set_checkpointing(model: torch.nn.Module, enabled: bool) -> None:
     if enabled:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif getattr(model, "is_gradient_checkpointing", False):
+    else:
         model.gradient_checkpointing_disable()
 
 
