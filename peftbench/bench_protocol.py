@@ -80,15 +80,20 @@ def training_rate(bench: ProtocolBench, model: str, peft_type: str, execution: s
     )
     result = train(config)
     records = read_records(result.run_dir / "output.jsonl")
-    history = json.loads((result.run_dir / "trainer_state.json").read_text())["log_history"]
-    elapsed = {entry["step"]: entry["elapsed_s"] for entry in history if "loss" in entry}
-    seconds = elapsed[steps] - elapsed[1]
+    seconds = sum(step_seconds(result.run_dir))
     return {
         "samples_per_s": per_step * bench.train_steps / seconds,
         "execution": records[0]["execution"],
         "padding_fraction": records[-1]["padding_fraction"],
         **{k: v for k, v in records[-1].items() if k.startswith("peak_")},
     }
+
+
+def step_seconds(run_dir: Path) -> list[float]:
+    """Seconds of each optimizer step after the first, from a run logged every step (``--logging_steps 1``)."""
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    elapsed = [entry["elapsed_s"] for entry in history if "loss" in entry]
+    return [later - earlier for earlier, later in itertools.pairwise(elapsed)]
 
 
 def evaluation_rates(bench: ProtocolBench, model: str, out: Path) -> dict[str, dict[str, float]]:
@@ -184,9 +189,7 @@ def bench_trainer(model_name: str, steps: int, data_dir: str, out: Path | None) 
         seconds = {"plain PEFT loop": _plain_loop_step_times(flags)}
         for execution in EXECUTIONS[::-1]:
             run_dir = train(dataclasses.replace(flags, micro_batch=execution)).run_dir
-            history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
-            elapsed = [entry["elapsed_s"] for entry in history if "loss" in entry]
-            seconds[f"peftbench train, --micro_batch {execution}"] = [b - a for a, b in itertools.pairwise(elapsed)]
+            seconds[f"peftbench train, --micro_batch {execution}"] = step_seconds(run_dir)
     medians = {way: statistics.median(times) for way, times in seconds.items()}
     plain = medians["plain PEFT loop"]
     for way, median in medians.items():

@@ -189,11 +189,11 @@ def train(config: RunConfig) -> TrainResult:
     )
     model = method.apply(load_base_model(model_path, precision.dtype), config.adapter_settings(total_steps))
     model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
-    execution = _plan_execution(config, method, model, precision, processes)
+    parameters = count_parameters(model)
+    execution = _plan_execution(config, method, model, parameters["trainable_params"], precision, processes)
     logger.info("execution: %d × %d per device (%s)", execution.micro_batch, execution.grad_acc, execution.why)
     if execution != literal:
         args = training_arguments(config, execution, precision.bf16, precision.fp16, evaluate)
-    parameters = count_parameters(model)
     logger.info(
         "%s: %d trainable of %d parameters (%.4f%%)",
         config.peft_type,
@@ -276,13 +276,17 @@ def train(config: RunConfig) -> TrainResult:
 
 
 def _plan_execution(
-    config: RunConfig, method: Method, model: PreTrainedModel, precision: Precision, processes: PartialState
+    config: RunConfig,
+    method: Method,
+    model: PreTrainedModel,
+    trainable: int,
+    precision: Precision,
+    processes: PartialState,
 ) -> Execution:
     """The micro-batch and checkpointing of this run; every process runs process 0's plan."""
     fits = None
     if torch.cuda.is_available() and config.ds_config is None and config.micro_batch == "auto":
         model.to(processes.device)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         adam_bytes = 2 * trainable * 4  # AdamW's two fp32 moments, allocated at the first optimizer step
         autocast = torch.bfloat16 if precision.bf16 else torch.float16 if precision.fp16 else None
         probe = cuda_memory_probe(model, config.max_length, adam_bytes, autocast)

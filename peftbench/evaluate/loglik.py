@@ -98,19 +98,22 @@ def score_batch(
     tail_ids = torch.tensor([t + [pad_token_id] * (tail_width - len(t)) for t in tails], device=device)
     tail_mask = torch.tensor([[1] * len(t) + [0] * (tail_width - len(t)) for t in tails], device=device)
     rows = torch.tensor(owner, device=device)
-    starts = torch.tensor([shared[q] for q in owner], device=device)
+    # Each tail token's position in its unpadded sequence.
+    positions = torch.tensor([shared[q] for q in owner], device=device)[:, None] + torch.arange(
+        tail_width, device=device
+    )
     cache = out.cache
     cache.reorder_cache(rows)
     tail_logits = model(
         input_ids=tail_ids,
         attention_mask=torch.cat([prefix_mask[rows], tail_mask], dim=1),
-        position_ids=starts[:, None] + torch.arange(tail_width, device=device),
+        position_ids=positions,
         cache=cache,
     ).logits
     # Tail token j is predicted by the prefix's last position (j = 0) or by tail position j - 1.
     predicting = torch.cat([out.logits[rows, -1:], tail_logits[:, :-1]], dim=1)
     lengths = torch.tensor([questions[q][0] for q in owner], device=device)
-    scored = tail_mask.bool() & (starts[:, None] + torch.arange(tail_width, device=device) >= lengths[:, None])
+    scored = tail_mask.bool() & (positions >= lengths[:, None])
     tail_scores = torch.where(scored, _token_logprobs(predicting, tail_ids), 0.0).sum(-1).tolist()
 
     results, row = [], 0
