@@ -36,6 +36,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoConfig, Pretrai
 
 from peftbench.config import BenchSettings, RunConfig
 from peftbench.errors import UserError
+from peftbench.kernels import use_efficient_kernels
 from peftbench.methods import METHODS, hira
 from peftbench.methods.common import AdapterSettings
 from peftbench.models import resolve_model_path
@@ -115,6 +116,7 @@ def build_variant(
         weights = {name: tensor.clone() for name, tensor in weights.items()}
     model.load_state_dict(weights, assign=True)
     model.tie_weights()
+    use_efficient_kernels(model)  # what training runs
     model.config.use_cache = False
     torch.manual_seed(1)
     return VARIANTS[method][1](model, adapter_settings(settings, method)).train()

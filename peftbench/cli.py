@@ -162,7 +162,7 @@ def _reproduce(args: argparse.Namespace) -> None:
     preset = get_preset(args.preset)
     page = Path(args.page or f"docs/results/{preset.name}.md")
     if args.render_only:
-        print(f"results page: {rewrite_page(page)}")
+        print(f"results page: {rewrite_page(page, args.note)}")
         return
     methods = preset.choose_methods(args.methods)
     study = Study(preset, Path(args.out or f"reproduce_{preset.name}"), seeds_for(args.seeds), args.data_dir, methods)
@@ -172,7 +172,7 @@ def _reproduce(args: argparse.Namespace) -> None:
     wall_time = reproduce(study)
     command = ["peftbench", "reproduce", "--preset", preset.name, "--seeds", str(args.seeds)]
     command += ["--methods", args.methods] if args.methods else []
-    print(f"results page: {write_results(study, page, shlex.join(command), wall_time)}")
+    print(f"results page: {write_results(study, page, shlex.join(command), wall_time, args.note)}")
 
 
 def _bench_train(args: argparse.Namespace) -> None:
@@ -208,6 +208,13 @@ def _bench_trainer(args: argparse.Namespace) -> None:
     from peftbench.bench_protocol import bench_trainer
 
     bench_trainer(args.model, args.steps, args.data_dir, Path(args.out) if args.out else None)
+
+
+def _bench_memory(args: argparse.Namespace) -> None:
+    from peftbench.bench_memory import MemoryBench, bench_memory
+
+    settings = MemoryBench(args.model, args.method, args.seq, args.answer_tokens, args.dtype)
+    bench_memory(settings, Path(args.out) if args.out else None)
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -300,6 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--out", default="bench_trainer.json", help="JSON report ('' for none)")
     trainer.set_defaults(action=_bench_trainer)
 
+    memory = bench.add_parser("memory", help="activations a training sequence keeps, by attention and loss kernel")
+    memory.add_argument("--model", default="neo-1.3b", help="a GPT-Neo bench geometry or GPT-Neo model folder")
+    memory.add_argument("--method", default="hira", help="the paper preset's adapter of this --peft_type")
+    memory.add_argument("--seq", type=int, default=256, help="tokens per sequence")
+    memory.add_argument("--answer_tokens", type=int, default=16, help="labelled tokens at the end of the sequence")
+    memory.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"), help="weights and activations")
+    memory.add_argument("--out", default="bench_memory.json", help="JSON report ('' for none)")
+    memory.set_defaults(action=_bench_memory)
+
     reproduce = commands.add_parser(
         "reproduce", help="a whole study: zero-shot and every method trained, evaluated, analysed; a results page"
     )
@@ -313,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--dry_run", action="store_true", help="print the plan and its commands; run nothing")
     reproduce.add_argument(
         "--render_only", action="store_true", help="rewrite the page and plots from its summary.json; run nothing"
+    )
+    reproduce.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="a sentence the page shows under its title (repeatable); with --render_only, replaces the summary's notes",
     )
     _add_data_dir(reproduce)
     reproduce.set_defaults(action=_reproduce)

@@ -11,6 +11,10 @@ step's gradient does not depend on it:
 - inside a step the examples are regrouped by length (same number of micro-batches, same sizes), so each
   micro-batch pads only to its own longest sequence.
 
+The loss is computed from logits at the label positions only (``logits_to_keep``, where the model takes it):
+the same sum over the same tokens, without a vocabulary-wide logit row, and its fp32 copy, for every
+prompt token. Under ``--protocol hira`` most tokens are prompt; the rows are 50k wide for GPT-Neo.
+
 Dropout is the one exception: different micro-batches draw different masks from the same distribution.
 ``--micro_batch spec`` executes the flags literally; ``tests/test_execution.py`` checks that a step is the
 same at 8 × 4, 32 × 1 and 8 × 4 regrouped.
@@ -18,12 +22,16 @@ same at 8 × 4, 32 × 1 and 8 × 4 regrouped.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTuner
 
 from peftbench.data.prompts import IGNORE_INDEX
 from peftbench.errors import UserError
@@ -130,6 +138,7 @@ def cuda_memory_probe(
             with torch.random.fork_rng(devices=[device]):
                 ids = torch.randint(vocabulary, (micro_batch, sequence_length), device=device)
                 with torch.autocast("cuda", dtype=autocast or torch.float32, enabled=autocast is not None):
+                    # Every token a label: the most logits a step can need (llm-adapters trains on the prompt too).
                     loss = model(input_ids=ids, labels=ids).loss
                 loss.backward()
             peak = torch.cuda.max_memory_allocated(device)
@@ -194,3 +203,33 @@ def padded_tokens(batches: list[dict[str, torch.Tensor]]) -> tuple[int, int]:
     """(real tokens, executed tokens) of a step's micro-batches."""
     real = sum(int(batch["attention_mask"].sum()) for batch in batches)
     return real, sum(batch["input_ids"].numel() for batch in batches)
+
+
+def logits_at_labels_only(model: torch.nn.Module) -> bool:
+    """Whether the model can compute logits at chosen positions (transformers' ``logits_to_keep``) and the loss
+    be computed from them. Not for prompt learning, whose virtual tokens shift the positions the mask would
+    select, nor for a tuner with a forward of its own, which may add to the model's loss: AdaLoRA's adds its
+    orthogonality penalty, and only when the model computes the loss itself."""
+    if isinstance(model, PeftModel):
+        if model.active_peft_config.is_prompt_learning or type(model.base_model).forward is not BaseTuner.forward:
+            return False
+        model = model.get_base_model()
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def label_positions(labels: torch.Tensor) -> torch.Tensor:
+    """[batch, length] bool: the positions whose next token is a label, the only logits the loss uses."""
+    positions = torch.zeros_like(labels, dtype=torch.bool)
+    positions[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return positions
+
+
+def label_token_loss(
+    outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """transformers' causal-LM loss (fp32 token losses summed over ``num_items_in_batch``, else their mean) from
+    logits computed with ``logits_to_keep=label_positions(labels)``: one row per label token, in order."""
+    shifted = labels[:, 1:]
+    targets = shifted[shifted != IGNORE_INDEX].to(outputs.logits.device)
+    loss = F.cross_entropy(outputs.logits.float(), targets, reduction="sum")
+    return loss / (num_items_in_batch if num_items_in_batch is not None else targets.numel())

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from peftbench.errors import UserError
+from peftbench.kernels import use_efficient_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
 
 def load_base_model(path: str, dtype: torch.dtype) -> PreTrainedModel:
     model = _from_pretrained(AutoModelForCausalLM, path, dtype=dtype)
+    use_efficient_kernels(model)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model

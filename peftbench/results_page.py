@@ -12,6 +12,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ MEMORY_MEASURES = {"peak_rss_gb": "peak resident memory (CPU)", "peak_gpu_mem_gb
 # ---- gathering: result files -> summary ----------------------------------------------------------------------
 
 
-def build_summary(study: Study, command: str, wall_time_s: float) -> dict[str, Any]:
+def build_summary(study: Study, command: str, wall_time_s: float, notes: Sequence[str] = ()) -> dict[str, Any]:
     preset = study.preset
     return {
         "preset": preset.name,
@@ -57,6 +58,7 @@ def build_summary(study: Study, command: str, wall_time_s: float) -> dict[str, A
         "methods": [_method_summary(study, plan.peft_type, plan.lr, plan.lr_source) for plan in study.plans],
         "evaluations": [_evaluation_summary(study, plan) for plan in preset.evaluations],
         "wall_time_s": round(wall_time_s, 1),
+        "notes": list(notes),  # what the person who ran it knows and the records cannot: --note
     }
 
 
@@ -326,6 +328,7 @@ def render_page(summary: dict[str, Any], assets: str) -> str:
         f"Written by `{summary['command']}` on {summary['date']} from [`{SUMMARY_FILE}`]({assets}/{SUMMARY_FILE}), "
         "which the command gathered from the runs' records and the per-example predictions; "
         "a test checks that this page and that file agree.\n",
+        *(f"> **Note.** {note}\n" for note in summary.get("notes", [])),
     ]
     for evaluation in summary["evaluations"]:
         lines += [
@@ -400,9 +403,9 @@ def draw_plots(summary: dict[str, Any], folder: Path) -> None:
     loss_curves(histories, folder / "loss_curves.png")
 
 
-def write_results(study: Study, page: Path, command: str, wall_time_s: float) -> Path:
+def write_results(study: Study, page: Path, command: str, wall_time_s: float, notes: Sequence[str] = ()) -> Path:
     """summary.json, the plots and the page; returns the page's path."""
-    summary = build_summary(study, command, wall_time_s)
+    summary = build_summary(study, command, wall_time_s, notes)
     assets = page.with_suffix("")
     assets.mkdir(parents=True, exist_ok=True)
     (assets / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
@@ -417,9 +420,14 @@ def write_page(summary: dict[str, Any], page: Path) -> Path:
     return page
 
 
-def rewrite_page(page: Path) -> Path:
-    """Render the page again from the summary.json beside it, without running anything."""
+def rewrite_page(page: Path, notes: Sequence[str] = ()) -> Path:
+    """Render the page again from the summary.json beside it, without running anything; ``notes``, when given,
+    replace the summary's."""
     path = page.with_suffix("") / SUMMARY_FILE
     if not path.is_file():
         raise UserError(f"{path} does not exist: run the study first (without --render_only)")
-    return write_page(json.loads(path.read_text(encoding="utf-8")), page)
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    if notes:
+        summary["notes"] = list(notes)
+        path.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return write_page(summary, page)

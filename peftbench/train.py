@@ -36,8 +36,18 @@ from peftbench.config import RunConfig
 from peftbench.data.pipeline import build_datasets
 from peftbench.data.registry import get_dataset
 from peftbench.errors import TrainingInterrupted, UserError
-from peftbench.execution import Execution, cuda_memory_probe, padded_tokens, plan_execution, regroup_by_length
+from peftbench.execution import (
+    Execution,
+    cuda_memory_probe,
+    label_positions,
+    label_token_loss,
+    logits_at_labels_only,
+    padded_tokens,
+    plan_execution,
+    regroup_by_length,
+)
 from peftbench.guards import DiskSpaceGuard, DivergenceGuard, InterruptSaver
+from peftbench.kernels import kernel_names
 from peftbench.methods import Method, get_method
 from peftbench.models import (
     Precision,
@@ -96,8 +106,9 @@ class MethodSchedule(TrainerCallback):
 
 
 class GroupedStepTrainer(TokenWeightedTrainer):
-    """TokenWeightedTrainer that regroups each step's micro-batches by length (``group_by_length``) and counts
-    the padding it executes (``padding``: real and executed tokens, summed over the run)."""
+    """TokenWeightedTrainer that regroups each step's micro-batches by length (``group_by_length``), counts
+    the padding it executes (``padding``: real and executed tokens, summed over the run) and, given
+    ``compute_loss_func=label_token_loss``, asks the model for logits at the label positions only."""
 
     def __init__(self, *args: Any, group_by_length: bool, pad_token_id: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -113,6 +124,11 @@ class GroupedStepTrainer(TokenWeightedTrainer):
             self.padding["real_tokens"] += real
             self.padding["executed_tokens"] += executed
         return batches, label_tokens
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
+        if self.compute_loss_func is label_token_loss:
+            inputs = {**inputs, "logits_to_keep": label_positions(inputs["labels"])}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
 def peak_memory() -> dict[str, float]:
@@ -190,6 +206,8 @@ def train(config: RunConfig) -> TrainResult:
     model = method.apply(load_base_model(model_path, precision.dtype), config.adapter_settings(total_steps))
     model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
     parameters = count_parameters(model)
+    label_logits_only = logits_at_labels_only(model)
+    compute = {**kernel_names(model), "logits": "label positions" if label_logits_only else "all"}
     execution = _plan_execution(config, method, model, parameters["trainable_params"], precision, processes)
     logger.info("execution: %d × %d per device (%s)", execution.micro_batch, execution.grad_acc, execution.why)
     if execution != literal:
@@ -210,7 +228,7 @@ def train(config: RunConfig) -> TrainResult:
     if processes.is_main_process:
         if target.resumed:
             resumed_from = str(target.checkpoint) if target.checkpoint else "the start (no complete checkpoint)"
-            resume = {"event": "resume", "from": resumed_from, "execution": execution.record()}
+            resume = {"event": "resume", "from": resumed_from, "execution": execution.record(), "compute": compute}
             append_record(record_path, {**resume, "environment": environment_record()})
             logger.info("resuming %s from %s", run_dir, resumed_from)
         else:
@@ -225,6 +243,7 @@ def train(config: RunConfig) -> TrainResult:
                     "data": data_info,
                     "processes": processes.num_processes,
                     "execution": execution.record(),
+                    "compute": compute,
                     "environment": environment_record(),
                 },
             )
@@ -243,6 +262,7 @@ def train(config: RunConfig) -> TrainResult:
         processing_class=tokenizer,
         callbacks=[RunStatsCallback(), interrupt, divergence, disk, MethodSchedule(method, total_steps)],
         accuracy=_validation_accuracy(config, tokenizer, data.validation_examples),
+        compute_loss_func=label_token_loss if label_logits_only else None,
     )
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(target.checkpoint) if target.checkpoint else None)

@@ -33,3 +33,26 @@ def test_protocol_bench_measures_both_executions_and_projects_the_paper_preset(t
 def test_protocol_bench_refuses_a_method_the_paper_preset_has_no_command_for(tiny_neo, data_dir) -> None:
     with pytest.raises(UserError, match="no command for nonsense"):
         bench_protocol(ProtocolBench(str(tiny_neo), "unused", ("nonsense",), 1, 1, data_dir), None)
+
+
+def test_memory_bench_counts_less_at_each_stage_and_extends_layers_exactly(tiny_neo, tmp_path) -> None:
+    from peftbench.bench_memory import STAGES, MemoryBench, bench_memory, count_at
+
+    bench = MemoryBench(str(tiny_neo), "hira", seq=64, answer_tokens=8, dtype="fp32")
+    report = bench_memory(bench, tmp_path / "memory.json")
+    assert json.loads((tmp_path / "memory.json").read_text()) == report
+    totals = [report["activation_gib_per_sequence"][name] for name, _ in STAGES]
+    assert all(later < earlier for earlier, later in zip(totals, totals[1:], strict=False))
+    # The eager attention keeps at least its fp32 softmax (heads × seq² × 4 bytes) per layer; SDPA keeps none of it.
+    saved = report["per_layer_pair_mib"][STAGES[0][0]] - report["per_layer_pair_mib"][STAGES[1][0]]
+    assert saved * 2**20 >= 2 * 4 * 64 * 64 * 4
+    # Six layers counted directly equal two layers plus twice what the second pair adds.
+    two, four, six = (count_at(bench, layers) for layers in (2, 4, 6))
+    assert six == {name: two[name] + 2 * (four[name] - two[name]) for name in two}
+
+
+def test_memory_bench_refuses_a_model_without_gpt_neo_attention(tiny_llama) -> None:
+    from peftbench.bench_memory import MemoryBench, bench_memory
+
+    with pytest.raises(UserError, match="is a llama"):
+        bench_memory(MemoryBench(str(tiny_llama), "hira", 64, 8, "fp32"), None)

@@ -211,6 +211,10 @@ def test_render_only_rewrites_the_page_from_its_summary(tiny_study: tuple[Study,
     assert cli.main(["reproduce", "--render_only", "--page", str(page)]) == 0
     assert page.read_text() == before and (page.parent / "tiny" / "loss_curves.png").is_file()
     assert cli.main(["reproduce", "--render_only", "--page", str(page.parent / "none.md")]) == 2
+    note = "Times were measured while another job shared the machine."
+    assert cli.main(["reproduce", "--render_only", "--page", str(page), "--note", note]) == 0
+    assert f"> **Note.** {note}" in page.read_text().split("## ")[0]  # under the title, before the results
+    assert json.loads((page.parent / "tiny" / SUMMARY_FILE).read_text())["notes"] == [note]
 
 
 COMMITTED_PAGE = Path(__file__).resolve().parents[1] / "docs" / "results" / "cpu-small.md"

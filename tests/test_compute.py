@@ -1,0 +1,153 @@
+"""How the model computes, not what: GPT-Neo's SDPA attention and one-kernel GELU, and the loss from
+label-position logits only, equal transformers' eager attention, gelu_new and full-logit loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, PromptTuningConfig, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, GPTNeoConfig
+
+import peftbench.train
+from peftbench.config import RunConfig
+from peftbench.data.prompts import IGNORE_INDEX
+from peftbench.execution import label_positions, label_token_loss, logits_at_labels_only
+from peftbench.kernels import GPTNeoSdpaAttention, kernel_names, use_efficient_kernels
+from peftbench.methods import get_method
+from peftbench.models import load_base_model
+from peftbench.runs import read_records
+from peftbench.train import train
+
+
+def _neo_pair(window_size: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The same random GPT-Neo twice: transformers' eager attention, and ours."""
+    config = GPTNeoConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=64,
+                          attention_types=[[["global", "local"], 1]], window_size=window_size)  # fmt: skip
+    torch.manual_seed(0)
+    eager = AutoModelForCausalLM.from_config(config)
+    ours = AutoModelForCausalLM.from_config(config)
+    ours.load_state_dict(eager.state_dict())
+    use_efficient_kernels(ours)
+    return eager, ours
+
+
+def _right_padded(lengths: list[int], vocabulary: int = 97) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(lengths)
+    ids = torch.randint(1, vocabulary, (len(lengths), width), generator=torch.Generator().manual_seed(3))
+    mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return ids * mask, mask
+
+
+@pytest.mark.parametrize("window_size", [4, 256])  # a local window shorter than the sequences, and one longer
+def test_sdpa_attention_and_fused_gelu_give_gpt_neos_eager_logits_and_gradients(window_size: int) -> None:
+    eager, ours = _neo_pair(window_size)
+    assert kernel_names(ours) == {"attention": "sdpa", "activation": "GELUTanh"}
+    assert kernel_names(eager) == {"attention": "eager", "activation": "NewGELUActivation"}
+    ids, mask = _right_padded([12, 7, 3])
+    real = mask.bool()
+    outputs = {}
+    for name, model in (("eager", eager), ("ours", ours)):
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits[real].square().sum().backward()
+        outputs[name] = logits[real].detach(), {n: p.grad for n, p in model.named_parameters()}
+    torch.testing.assert_close(outputs["ours"][0], outputs["eager"][0], rtol=1e-5, atol=1e-5)
+    for name, grad in outputs["eager"][1].items():
+        torch.testing.assert_close(outputs["ours"][1][name], grad, rtol=1e-4, atol=1e-5)
+
+
+def test_sdpa_attention_generates_what_eager_generates_from_left_padded_prompts() -> None:
+    eager, ours = _neo_pair(window_size=4)
+    ids, mask = _right_padded([9, 4, 6])
+    lengths = mask.sum(1)
+    left_ids, left_mask = torch.zeros_like(ids), torch.zeros_like(mask)  # the same prompts padded on the left
+    for row, length in enumerate(lengths.tolist()):
+        left_ids[row, -length:], left_mask[row, -length:] = ids[row, :length], 1
+    settings = {"max_new_tokens": 6, "num_beams": 2, "do_sample": False, "pad_token_id": 0}
+    generated = [m.eval().generate(input_ids=left_ids, attention_mask=left_mask, **settings) for m in (eager, ours)]
+    assert torch.equal(generated[0], generated[1])
+    logits = ours(input_ids=left_ids, attention_mask=left_mask).logits
+    assert torch.isfinite(logits).all()  # rows of padding see something: no NaN leaks through 0 × NaN
+
+
+def test_every_loaded_gpt_neo_runs_our_kernels_and_llama_keeps_its_own(tiny_neo: Path, tiny_llama: Path) -> None:
+    neo = load_base_model(str(tiny_neo), torch.float32)
+    assert sum(isinstance(m, GPTNeoSdpaAttention) for m in neo.modules()) == neo.config.num_layers
+    assert kernel_names(neo) == {"attention": "sdpa", "activation": "GELUTanh"}
+    assert kernel_names(load_base_model(str(tiny_llama), torch.float32))["attention"] == "sdpa"  # transformers' own
+
+
+def _labels(ids: torch.Tensor, mask: torch.Tensor, prompt: int) -> torch.Tensor:
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+    labels[:, :prompt] = IGNORE_INDEX
+    return labels
+
+
+@pytest.mark.parametrize("model", ["tiny_neo", "tiny_llama"])
+@pytest.mark.parametrize("adapter", [None, "lora"])
+def test_the_loss_from_label_position_logits_equals_transformers_loss_and_gradient(model, adapter, request) -> None:
+    base = load_base_model(str(request.getfixturevalue(model)), torch.float32)
+    if adapter:
+        base = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    assert logits_at_labels_only(base)
+    ids, mask = _right_padded([20, 14, 9], vocabulary=base.get_input_embeddings().num_embeddings)
+    labels = _labels(ids, mask, prompt=5)
+    tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    results = []
+    for ours in (False, True):
+        base.zero_grad()
+        if ours:
+            outputs = base(input_ids=ids, attention_mask=mask, logits_to_keep=label_positions(labels))
+            assert outputs.logits.shape[0] == tokens  # one logit row per label token, not per position
+            loss = label_token_loss(outputs, labels, torch.tensor(tokens))
+        else:
+            loss = base(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=torch.tensor(tokens)).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in base.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-6, atol=1e-6)
+    assert results[0][1].keys() == results[1][1].keys() and results[0][1]
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-5, atol=1e-7)
+
+
+def test_prompt_tuning_and_adalora_keep_the_models_own_loss(tiny_llama: Path) -> None:
+    prompt_tuning = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    assert not logits_at_labels_only(get_peft_model(load_base_model(str(tiny_llama), torch.float32), prompt_tuning))
+    # AdaLoRA adds its orthogonality penalty to outputs.loss, which a loss computed outside the model would drop.
+    adalora = get_method("adalora").apply(
+        load_base_model(str(tiny_llama), torch.float32),
+        RunConfig(peft_type="adalora", target_modules="q_proj,v_proj").adapter_settings(total_steps=10),
+    )
+    assert not logits_at_labels_only(adalora)
+
+
+def _lora_run(tmp_path: Path, model: Path, data_dir: str, name: str) -> Path:
+    config = RunConfig(peft_type="lora", model_name=str(model), r_ab=4, lora_dropout=0.0, lr=1e-2, max_steps=2,
+                       batch=4, grad_acc=2, max_train_samples=16, val_set_size=0, logging_steps=1, data_dir=data_dir,
+                       output_folder=str(tmp_path / name))  # fmt: skip
+    return train(config).run_dir
+
+
+def test_training_on_label_position_logits_reaches_the_weights_and_losses_of_full_logits(
+    tiny_neo, data_dir, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path / "cache"))
+    ours = _lora_run(tmp_path, tiny_neo, data_dir, "ours")
+    monkeypatch.setattr(peftbench.train, "logits_at_labels_only", lambda model: False)
+    full = _lora_run(tmp_path, tiny_neo, data_dir, "full")
+    assert read_records(ours / "output.jsonl")[0]["compute"] == {
+        "attention": "sdpa",
+        "activation": "GELUTanh",
+        "logits": "label positions",
+    }
+    assert read_records(full / "output.jsonl")[0]["compute"]["logits"] == "all"
+    reference = load_file(full / "checkpoint-2" / "adapter_model.safetensors")
+    for name, value in load_file(ours / "checkpoint-2" / "adapter_model.safetensors").items():
+        torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-6)
+    losses = [[log["loss"] for log in json.loads((run / "trainer_state.json").read_text())["log_history"]
+               if "loss" in log] for run in (ours, full)]  # fmt: skip
+    assert len(losses[0]) == 2
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
