@@ -25,11 +25,11 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoConfig
 
-from peftbench.bench import BENCH_MODELS, DTYPES
+from peftbench.bench import BENCH_MODELS, BENCH_TOTAL_STEPS, DTYPES
 from peftbench.config import RunConfig
 from peftbench.data.prompts import IGNORE_INDEX
 from peftbench.errors import UserError
-from peftbench.execution import label_positions, label_token_loss
+from peftbench.execution import label_positions, label_token_loss, logits_at_labels_only
 from peftbench.kernels import use_fused_gelu, use_sdpa_attention
 from peftbench.methods import get_method
 from peftbench.presets import PAPER
@@ -94,7 +94,7 @@ def count_activations(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor)
         if change is not None:
             change(model)
         with saved_storages(weights) as saved:
-            if name == STAGES[-1][0]:
+            if name == STAGES[-1][0] and logits_at_labels_only(model):  # else training keeps transformers' loss
                 label_token_loss(model(input_ids=ids, logits_to_keep=label_positions(labels)), labels)
             else:
                 model(input_ids=ids, labels=labels).loss  # noqa: B018 -- transformers' loss over every position
@@ -109,12 +109,13 @@ def _inputs(bench: MemoryBench, vocabulary: int) -> tuple[torch.Tensor, torch.Te
     return ids, labels
 
 
-def count_at(bench: MemoryBench, layers: int | None) -> dict[str, int]:
-    """The counts of the geometry at ``layers`` layers (None: as it is) with the paper preset's adapter."""
+def count_at(bench: MemoryBench, layers: int) -> dict[str, int]:
+    """The counts of the geometry at ``layers`` layers with the paper preset's adapter of the method."""
     config = neo_config(bench.model, layers)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[bench.dtype])
-    settings = RunConfig(**Study(PAPER, Path("."), (36,), "").train_settings(36, bench.method)).adapter_settings()
+    study = Study(PAPER, Path("."), (36,), "", PAPER.choose_methods(bench.method))
+    settings = RunConfig(**study.train_settings(36, bench.method)).adapter_settings(total_steps=BENCH_TOTAL_STEPS)
     model = get_method(bench.method).apply(model, settings).train()
     return count_activations(model, *_inputs(bench, config.vocab_size))
 
@@ -122,6 +123,9 @@ def count_at(bench: MemoryBench, layers: int | None) -> dict[str, int]:
 def bench_memory(bench: MemoryBench, out: Path | None) -> dict[str, Any]:
     if bench.dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}")
+    methods = [plan.peft_type for plan in (*PAPER.methods, *PAPER.more_methods)]
+    if bench.method not in methods:
+        raise UserError(f"--method {bench.method}: the paper preset has no command for it; it has {', '.join(methods)}")
     if not 0 < bench.answer_tokens < bench.seq:
         raise UserError(f"--answer_tokens must be between 1 and --seq - 1 ({bench.seq - 1}), got {bench.answer_tokens}")
     layers = neo_config(bench.model).num_layers
@@ -151,4 +155,7 @@ def _print(report: dict[str, Any]) -> None:
     for name, gib in report["activation_gib_per_sequence"].items():
         print(f"{name:<52} {gib:>12.3f} {report['per_layer_pair_mib'][name]:>15.1f} "
               f"{report['outside_layers_mib'][name]:>19.1f}")  # fmt: skip
+    totals = list(report["activation_gib_per_sequence"].values())
+    if totals[-1] == totals[-2]:
+        print(f"({settings['method']} keeps transformers' loss: prompt learning, or a tuner with a forward of its own)")
     print(f"peftbench / transformers: {report['ours_over_transformers']:.3f}")

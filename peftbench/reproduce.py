@@ -89,6 +89,7 @@ class Study:
         method = next(m for m in self.plans if m.peft_type == peft_type)
         takes = get_method(peft_type).flags
         shared = {k: v for k, v in self.preset.train_settings.items() if k not in METHOD_FLAGS or k in takes}
+        shared = {k: v for k, v in shared.items() if k not in self.dropped_settings(peft_type)}
         return {
             "peft_type": peft_type,
             "model_name": self.preset.model_name,
@@ -101,6 +102,12 @@ class Study:
             "data_dir": self.data_dir,
             "resume": True,  # an interrupted run of this configuration continues instead of starting over
         }
+
+    def dropped_settings(self, peft_type: str) -> dict[str, str]:
+        """Shared settings the method refuses (prefix tuning cannot checkpoint) -> why; they change memory,
+        not what a step computes, and the plan says so."""
+        refuses = get_method(peft_type).refuses
+        return {k: why for k, why in refuses.items() if self.preset.train_settings.get(k)}
 
     def steps(self) -> list[Step]:
         steps = []
@@ -167,6 +174,11 @@ def describe(study: Study) -> str:
     if preset.cost:
         lines.append(f"# cost: {preset.cost}")
     lines += [f"# learning rate of {m.peft_type}: {m.lr} ({m.lr_source})" for m in study.plans]
+    lines += [
+        f"# {m.peft_type} trains without --{flag}: {why}"
+        for m in study.plans
+        for flag, why in study.dropped_settings(m.peft_type).items()
+    ]
     lines += [f"# compared with the official code: {d}" for d in preset.differences]
     lines += [step.command for step in study.steps()]
     return "\n".join(lines)

@@ -56,3 +56,13 @@ def test_memory_bench_refuses_a_model_without_gpt_neo_attention(tiny_llama) -> N
 
     with pytest.raises(UserError, match="is a llama"):
         bench_memory(MemoryBench(str(tiny_llama), "hira", 64, 8, "fp32"), None)
+
+
+def test_memory_bench_counts_a_method_that_keeps_transformers_loss(tiny_neo) -> None:
+    from peftbench.bench_memory import STAGES, MemoryBench, bench_memory, count_at
+
+    with pytest.raises(UserError, match="--method nonexistent: the paper preset has no command"):
+        bench_memory(MemoryBench(str(tiny_neo), "nonexistent", 32, 4, "fp32"), None)
+    counts = {method: count_at(MemoryBench(str(tiny_neo), method, 32, 4, "fp32"), 2) for method in ("prefix", "lora")}
+    assert counts["prefix"][STAGES[-1][0]] == counts["prefix"][STAGES[-2][0]]  # every position's logits, as trained
+    assert counts["lora"][STAGES[-1][0]] < counts["lora"][STAGES[-2][0]]

@@ -14,7 +14,7 @@ from peftbench.config import RunConfig
 from peftbench.errors import TrainingInterrupted, UserError
 from peftbench.methods import METHODS
 from peftbench.presets import CPU_SMALL, PAPER, EvalPlan, Preset
-from peftbench.reproduce import STUDY_TIME_FILE, Study, reproduce, run_steps, seeds_for
+from peftbench.reproduce import STUDY_TIME_FILE, Study, describe, reproduce, run_steps, seeds_for
 from peftbench.results_page import SUMMARY_FILE, accuracy_rows, render_page, verdict, write_results
 from peftbench.runs import read_records
 from peftbench.stats import holm
@@ -235,3 +235,12 @@ def test_committed_results_page_equals_its_committed_summary() -> None:
                 assert float(text.split(" [")[0]) == round(100 * cells[(method, dataset)]["mean"], 1)
     readme = (COMMITTED_PAGE.parents[2] / "README.md").read_text()
     assert to_markdown(accuracy_rows(summary["evaluations"][0], 1)) in readme and "docs/results/cpu-small.md" in readme
+
+
+def test_paper_preset_trains_prefix_tuning_without_the_checkpointing_it_refuses_and_says_so() -> None:
+    study = Study(PAPER, Path("unused"), (36,), "data", PAPER.choose_methods("prefix,lora"))
+    settings = {m.peft_type: study.train_settings(36, m.peft_type) for m in study.plans}
+    assert "enable_grad_ckpt" not in settings["prefix"] and settings["lora"]["enable_grad_ckpt"] is True
+    assert RunConfig(**settings["prefix"]).enable_grad_ckpt is False  # a valid configuration, not an error
+    assert "# prefix trains without --enable_grad_ckpt: gradient checkpointing drops" in describe(study)
+    assert "# lora trains without" not in describe(study)
