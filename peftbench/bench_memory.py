@@ -109,27 +109,28 @@ def _inputs(bench: MemoryBench, vocabulary: int) -> tuple[torch.Tensor, torch.Te
     return ids, labels
 
 
-def count_at(bench: MemoryBench, layers: int) -> dict[str, int]:
-    """The counts of the geometry at ``layers`` layers with the paper preset's adapter of the method."""
+def count_at(bench: MemoryBench, layers: int) -> tuple[dict[str, int], bool]:
+    """The counts of the geometry at ``layers`` layers with the paper preset's adapter of the method, and whether
+    its loss comes from label positions (else training, and the last stage, keep transformers' loss)."""
     config = neo_config(bench.model, layers)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[bench.dtype])
-    study = Study(PAPER, Path("."), (36,), "", PAPER.choose_methods(bench.method))
+    study = Study(PAPER, Path("."), (36,), "", (PAPER.all_plans[bench.method],))
     settings = RunConfig(**study.train_settings(36, bench.method)).adapter_settings(total_steps=BENCH_TOTAL_STEPS)
     model = get_method(bench.method).apply(model, settings).train()
-    return count_activations(model, *_inputs(bench, config.vocab_size))
+    return count_activations(model, *_inputs(bench, config.vocab_size)), logits_at_labels_only(model)
 
 
 def bench_memory(bench: MemoryBench, out: Path | None) -> dict[str, Any]:
     if bench.dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}")
-    methods = [plan.peft_type for plan in (*PAPER.methods, *PAPER.more_methods)]
-    if bench.method not in methods:
-        raise UserError(f"--method {bench.method}: the paper preset has no command for it; it has {', '.join(methods)}")
+    if bench.method not in PAPER.all_plans:
+        methods = ", ".join(PAPER.all_plans)
+        raise UserError(f"--method {bench.method}: the paper preset has no command for it; it has {methods}")
     if not 0 < bench.answer_tokens < bench.seq:
         raise UserError(f"--answer_tokens must be between 1 and --seq - 1 ({bench.seq - 1}), got {bench.answer_tokens}")
     layers = neo_config(bench.model).num_layers
-    two, four = count_at(bench, 2), count_at(bench, 4)
+    (two, label_logits), (four, _) = count_at(bench, 2), count_at(bench, 4)
     # Two layers hold one global and one local layer; each further pair adds what the second pair added.
     total = {name: two[name] + (layers - 2) // 2 * (four[name] - two[name]) for name in two}
     report = {
@@ -139,6 +140,7 @@ def bench_memory(bench: MemoryBench, out: Path | None) -> dict[str, Any]:
         "per_layer_pair_mib": {name: round((four[name] - two[name]) / 2**20, 2) for name in two},
         "outside_layers_mib": {name: round((2 * two[name] - four[name]) / 2**20, 2) for name in two},
         "ours_over_transformers": round(total[STAGES[-1][0]] / total[STAGES[0][0]], 3),
+        "label_position_loss": label_logits,
     }
     _print(report)
     if out is not None:
@@ -155,7 +157,6 @@ def _print(report: dict[str, Any]) -> None:
     for name, gib in report["activation_gib_per_sequence"].items():
         print(f"{name:<52} {gib:>12.3f} {report['per_layer_pair_mib'][name]:>15.1f} "
               f"{report['outside_layers_mib'][name]:>19.1f}")  # fmt: skip
-    totals = list(report["activation_gib_per_sequence"].values())
-    if totals[-1] == totals[-2]:
+    if not report["label_position_loss"]:
         print(f"({settings['method']} keeps transformers' loss: prompt learning, or a tuner with a forward of its own)")
     print(f"peftbench / transformers: {report['ours_over_transformers']:.3f}")

@@ -123,7 +123,7 @@ def projection(
 
 
 def bench_protocol(bench: ProtocolBench, out: Path | None) -> dict[str, Any]:
-    unknown = [m for m in bench.methods if m not in {plan.peft_type for plan in (*PAPER.methods, *PAPER.more_methods)}]
+    unknown = [m for m in bench.methods if m not in PAPER.all_plans]
     if unknown:
         raise UserError(f"--methods: the paper preset has no command for {', '.join(unknown)}")
     with scratch_folder() as folder:  # tokenized data, runs and results, removed after

@@ -46,11 +46,16 @@ class Preset:
     cost: str = ""  # expected time, and how it was obtained
     differences: tuple[str, ...] = ()  # how its defaults compare with the official code
 
+    @property
+    def all_plans(self) -> dict[str, MethodPlan]:
+        """Every method the preset has a command for (its own and what --methods can add), by name."""
+        return {plan.peft_type: plan for plan in (*self.methods, *self.more_methods)}
+
     def choose_methods(self, names: str | None) -> tuple[MethodPlan, ...]:
         """The plans of --methods (comma-separated, in that order), or the preset's own methods."""
         if names is None:
             return self.methods
-        known = {plan.peft_type: plan for plan in (*self.methods, *self.more_methods)}
+        known = self.all_plans
         chosen = [name.strip().lower() for name in names.split(",") if name.strip()]
         unknown = [name for name in chosen if name not in known]
         if unknown or not chosen:

@@ -41,13 +41,14 @@ def test_memory_bench_counts_less_at_each_stage_and_extends_layers_exactly(tiny_
     bench = MemoryBench(str(tiny_neo), "hira", seq=64, answer_tokens=8, dtype="fp32")
     report = bench_memory(bench, tmp_path / "memory.json")
     assert json.loads((tmp_path / "memory.json").read_text()) == report
+    assert report["label_position_loss"] is True
     totals = [report["activation_gib_per_sequence"][name] for name, _ in STAGES]
     assert all(later < earlier for earlier, later in zip(totals, totals[1:], strict=False))
     # The eager attention keeps at least its fp32 softmax (heads × seq² × 4 bytes) per layer; SDPA keeps none of it.
     saved = report["per_layer_pair_mib"][STAGES[0][0]] - report["per_layer_pair_mib"][STAGES[1][0]]
     assert saved * 2**20 >= 2 * 4 * 64 * 64 * 4
     # Six layers counted directly equal two layers plus twice what the second pair adds.
-    two, four, six = (count_at(bench, layers) for layers in (2, 4, 6))
+    two, four, six = (count_at(bench, layers)[0] for layers in (2, 4, 6))
     assert six == {name: two[name] + 2 * (four[name] - two[name]) for name in two}
 
 
@@ -63,6 +64,9 @@ def test_memory_bench_counts_a_method_that_keeps_transformers_loss(tiny_neo) -> 
 
     with pytest.raises(UserError, match="--method nonexistent: the paper preset has no command"):
         bench_memory(MemoryBench(str(tiny_neo), "nonexistent", 32, 4, "fp32"), None)
-    counts = {method: count_at(MemoryBench(str(tiny_neo), method, 32, 4, "fp32"), 2) for method in ("prefix", "lora")}
+    counts = {
+        method: count_at(MemoryBench(str(tiny_neo), method, 32, 4, "fp32"), 2)[0] for method in ("prefix", "lora")
+    }
     assert counts["prefix"][STAGES[-1][0]] == counts["prefix"][STAGES[-2][0]]  # every position's logits, as trained
     assert counts["lora"][STAGES[-1][0]] < counts["lora"][STAGES[-2][0]]
+    assert bench_memory(MemoryBench(str(tiny_neo), "prefix", 32, 4, "fp32"), None)["label_position_loss"] is False
