@@ -41,6 +41,12 @@ from peftbench.train import train
 # Commonsense-170K, the specification's training set (LLM-Adapters' commonsense_170k.json), less validation.
 PAPER_TRAIN_EXAMPLES = 170_000 - 120
 EXECUTIONS = ("auto", "spec")
+# bench trainer's ways through `peftbench train`: literal, the default without packing, the default.
+TRAINER_WAYS: dict[str, dict[str, Any]] = {
+    "peftbench train, --micro_batch spec": {"micro_batch": "spec"},
+    "peftbench train, --micro_batch auto --no-packing": {"packing": False},
+    "peftbench train, --micro_batch auto": {},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,9 +159,11 @@ def format_report(report: dict[str, Any]) -> str:
     for method, runs in report["training"].items():
         auto, spec = runs["auto"], runs["spec"]
         shape = f"{auto['execution']['micro_batch']}x{auto['execution']['grad_acc']}"
+        speedup = auto["samples_per_s"] / spec["samples_per_s"]
         lines.append(f"  {method:6s} default {auto['samples_per_s']:8.1f} ({shape}, checkpointing "
-                     f"{auto['execution']['checkpointing']})  literal {spec['samples_per_s']:8.1f}  "
-                     f"x{auto['samples_per_s'] / spec['samples_per_s']:.2f}")  # fmt: skip
+                     f"{auto['execution']['checkpointing']}, packed {auto['execution']['packing']}, padding "
+                     f"{auto['padding_fraction']:.1%})  literal {spec['samples_per_s']:8.1f} (padding "
+                     f"{spec['padding_fraction']:.1%})  x{speedup:.2f}")  # fmt: skip
     if {"hira", "lora"} <= set(report["training"]):
         ratio = (
             report["training"]["lora"]["auto"]["samples_per_s"] / report["training"]["hira"]["auto"]["samples_per_s"]
@@ -187,16 +195,19 @@ def bench_trainer(model_name: str, steps: int, data_dir: str, out: Path | None) 
             target_modules="q_proj,k_proj,v_proj,up_proj,down_proj", output_folder=str(folder / "runs"),
         )  # fmt: skip
         seconds = {"plain PEFT loop": _plain_loop_step_times(flags)}
-        for execution in EXECUTIONS[::-1]:
-            run_dir = train(dataclasses.replace(flags, micro_batch=execution)).run_dir
-            seconds[f"peftbench train, --micro_batch {execution}"] = step_seconds(run_dir)
+        padding = {}
+        for way, settings in TRAINER_WAYS.items():
+            run_dir = train(dataclasses.replace(flags, **settings)).run_dir
+            seconds[way] = step_seconds(run_dir)
+            padding[way] = read_records(run_dir / "output.jsonl")[-1]["padding_fraction"]
     medians = {way: statistics.median(times) for way, times in seconds.items()}
     plain = medians["plain PEFT loop"]
     for way, median in medians.items():
-        print(f"  {way}: {median:.2f} s/step, x{median / plain:.3f} the plain loop", flush=True)
+        shares = f", padding {padding[way]:.1%}" if way in padding else ""
+        print(f"  {way}: {median:.2f} s/step, x{median / plain:.3f} the plain loop{shares}", flush=True)
     ratios = {way: median / plain for way, median in medians.items()}
     report = {"model": model_name, "steps": steps, "step_times_s": seconds, "median_s": medians,
-              "ratio_to_plain": ratios, "environment": environment_record()}  # fmt: skip
+              "ratio_to_plain": ratios, "padding_fraction": padding, "environment": environment_record()}  # fmt: skip
     if out is not None:
         out.write_text(json.dumps(report, indent=1))
         print(f"written: {out}")

@@ -106,6 +106,14 @@ class RunConfig:
             "or a number of sequences."
         ),
     )
+    packing: bool | None = field(
+        default=None,
+        metadata=_help(
+            "Pack each step's sequences into shared rows (no padding; each still attends only to itself). "
+            "Default: wherever the model keeps packed sequences apart, except with --micro_batch spec; "
+            "--no-packing: regroup by length only."
+        ),
+    )
     seed: int = field(default=36, metadata=_help("Random seed (data split, init, data order)."))
     eval_strategy: str | None = field(
         default=None, metadata=_help("When to compute validation loss. Protocol default.", choices=EVAL_STRATEGIES)
@@ -184,6 +192,8 @@ class RunConfig:
             virtual_tokens=self.virtual_tokens,
         )
         check_micro_batch(self.micro_batch, self.batch, self.grad_acc)
+        if self.packing and self.micro_batch == "spec":
+            raise UserError("--packing changes how a step runs; --micro_batch spec runs the flags literally")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
         if "target_modules" in method.flags and not self.target_module_list:

@@ -17,6 +17,7 @@ The swaps keep every weight and the model's config, so checkpoints are unchanged
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import GELUTanh, NewGELUActivation
@@ -30,8 +31,15 @@ class GPTNeoSdpaAttention(GPTNeoSelfAttention):
 
     def _attn(self, query, key, value, attention_mask=None):  # noqa: ANN001, ANN202 -- GPTNeoSelfAttention's
         query_length, key_length = query.size(-2), key.size(-2)
-        # The layer's own causal window (local layers see the last window_size tokens), as the eager path applies.
-        allowed = self.bias[:, :, key_length - query_length : key_length, :key_length]
+        # The layer's own causal window (local layers see the last window_size tokens), as the eager path's
+        # ``bias`` buffer holds it, built here for any length: packed rows may outgrow the buffer's
+        # max_position_embeddings, as their positions restart.
+        distance = torch.arange(key_length - query_length, key_length, device=query.device)[:, None] - torch.arange(
+            key_length, device=query.device
+        )
+        allowed = distance >= 0
+        if self.attention_type == "local":
+            allowed &= distance < self.config.window_size
         if attention_mask is not None:  # transformers' eager mask: 0 where attended, the dtype's minimum elsewhere
             allowed = allowed & (attention_mask == 0)
         # A row that sees nothing (a padding query before its sequence starts) would give NaN, and NaN values

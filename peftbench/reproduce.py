@@ -232,16 +232,38 @@ def reproduce(study: Study, execute: Executor = execute_in_subprocess) -> float:
     check_device(study.preset)
     if study.preset.offline:
         use_local_files_only()  # inherited by every step's process
-    start = time.perf_counter()
+    clock = StudyClock(study.out)
+
+    def timed(argv: Sequence[str]) -> int:
+        try:
+            return execute(argv)
+        finally:
+            clock.record()
+
     try:
-        run_steps(study, execute)
+        run_steps(study, timed)
     finally:  # an interrupted invocation's time counts too
-        total = add_study_time(study.out, time.perf_counter() - start)
+        total = clock.record()
     return total
 
 
+class StudyClock:
+    """The study's wall time on disk (study_time.json), added to after every step: a resumed study reports its
+    earlier invocations' time, and an invocation killed outright (SIGKILL, a lost session) loses only the step
+    it was running."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.mark = out, time.perf_counter()
+
+    def record(self) -> float:
+        now = time.perf_counter()
+        total = add_study_time(self.out, now - self.mark)
+        self.mark = now
+        return total
+
+
 def add_study_time(out: Path, seconds: float) -> float:
-    """Add one invocation's seconds to the study's total (study_time.json), so a resumed study reports all of it."""
+    """Add seconds to the study's total (study_time.json) and return the new total."""
     path = out / STUDY_TIME_FILE
     total = json.loads(path.read_text(encoding="utf-8"))["wall_time_s"] + seconds if path.exists() else seconds
     out.mkdir(parents=True, exist_ok=True)

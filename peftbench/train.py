@@ -39,11 +39,14 @@ from peftbench.errors import TrainingInterrupted, UserError
 from peftbench.execution import (
     Execution,
     cuda_memory_probe,
+    executed_tokens,
+    keeps_packed_sequences_apart,
     label_positions,
     label_token_loss,
     logits_at_labels_only,
-    padded_tokens,
+    pack_step,
     plan_execution,
+    real_tokens,
     regroup_by_length,
 )
 from peftbench.guards import DiskSpaceGuard, DivergenceGuard, InterruptSaver
@@ -106,23 +109,26 @@ class MethodSchedule(TrainerCallback):
 
 
 class GroupedStepTrainer(TokenWeightedTrainer):
-    """TokenWeightedTrainer that regroups each step's micro-batches by length (``group_by_length``), counts
-    the padding it executes (``padding``: real and executed tokens, summed over the run) and, given
+    """TokenWeightedTrainer that packs each step's sequences (``packing``) or regroups its micro-batches by
+    length (``group_by_length``), after the Trainer has counted the step's label tokens; counts the padding it
+    executes (``padding``: real and executed tokens, summed over the run) and, given
     ``compute_loss_func=label_token_loss``, asks the model for logits at the label positions only."""
 
-    def __init__(self, *args: Any, group_by_length: bool, pad_token_id: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, execution: Execution, pad_token_id: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.group_by_length, self.pad_token_id = group_by_length, pad_token_id
+        self.execution, self.pad_token_id = execution, pad_token_id
         self.padding = {"real_tokens": 0, "executed_tokens": 0}
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):  # noqa: ANN001, ANN201
         batches, label_tokens = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if self.group_by_length and len(batches) > 1:
+        if not batches:
+            return batches, label_tokens
+        self.padding["real_tokens"] += real_tokens(batches)
+        if self.execution.packing:
+            batches = pack_step(batches, self.pad_token_id)
+        elif self.execution.group_by_length and len(batches) > 1:
             batches = regroup_by_length(batches, self.pad_token_id)
-        if batches:
-            real, executed = padded_tokens(batches)
-            self.padding["real_tokens"] += real
-            self.padding["executed_tokens"] += executed
+        self.padding["executed_tokens"] += executed_tokens(batches)
         return batches, label_tokens
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
@@ -209,7 +215,9 @@ def train(config: RunConfig) -> TrainResult:
     label_logits_only = logits_at_labels_only(model)
     compute = {**kernel_names(model), "logits": "label positions" if label_logits_only else "all"}
     execution = _plan_execution(config, method, model, parameters["trainable_params"], precision, processes)
-    logger.info("execution: %d × %d per device (%s)", execution.micro_batch, execution.grad_acc, execution.why)
+    execution = dataclasses.replace(execution, packing=_packs(config, execution, model))
+    logger.info("execution: %d × %d per device (%s)%s", execution.micro_batch, execution.grad_acc, execution.why,
+                ", sequences packed" if execution.packing else "")  # fmt: skip
     if execution != literal:
         args = training_arguments(config, execution, precision.bf16, precision.fp16, evaluate)
     logger.info(
@@ -252,7 +260,7 @@ def train(config: RunConfig) -> TrainResult:
     interrupt, divergence = InterruptSaver(), DivergenceGuard()
     disk = DiskSpaceGuard(model, run_dir, saves_full_model=method.full_finetune)
     trainer = GroupedStepTrainer(
-        group_by_length=execution.group_by_length,
+        execution=execution,
         pad_token_id=tokenizer.pad_token_id,
         model=model,
         args=args,
@@ -319,6 +327,21 @@ def _plan_execution(
     if processes.num_processes > 1:
         broadcast_object_list(plans, from_process=0)
     return plans[0]
+
+
+def _packs(config: RunConfig, execution: Execution, model: torch.nn.Module) -> bool:
+    """Packing where asked or left to ``auto`` and the model keeps packed sequences apart; asked for and
+    impossible is an error, not a silent fallback."""
+    if config.packing is False or not execution.group_by_length:  # --micro_batch spec: the flags literally
+        return False
+    if keeps_packed_sequences_apart(model):
+        return True
+    if config.packing:
+        raise UserError(
+            f"--packing: {config.model_name} with {config.peft_type} does not keep packed sequences apart "
+            "(prompt learning, or a model that ignores restarting position ids); use --no-packing"
+        )
+    return False
 
 
 def _padding_fraction(padding: dict[str, int]) -> float | None:

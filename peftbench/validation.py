@@ -29,6 +29,7 @@ from peftbench.data.prompts import IGNORE_INDEX, build_prompt
 from peftbench.data.registry import DatasetSpec
 from peftbench.errors import UserError
 from peftbench.evaluate.loglik import score_questions
+from peftbench.execution import label_positions, logits_at_labels_only
 from peftbench.protocols import Protocol
 
 logger = logging.getLogger(__name__)
@@ -121,15 +122,13 @@ class TokenWeightedTrainer(Trainer):
             for inputs in dataloader:
                 inputs = self._prepare_inputs(inputs)
                 labels, answer_labels = inputs.pop("labels"), inputs.pop("answer_labels", None)
-                with self.compute_loss_context_manager():
-                    # Prompt tuning returns logits for its virtual tokens too, before the sequence's own.
-                    logits = model(**inputs).logits[:, -labels.shape[1] :]
                 # One vocabulary-wide log-softmax serves both: answer tokens are label tokens or, when the labels
                 # leave them out, are added as targets here.
                 targets = (
                     labels if answer_labels is None else torch.where(labels != IGNORE_INDEX, labels, answer_labels)
                 )
-                nll = token_nll(logits, targets)
+                with self.compute_loss_context_manager():
+                    nll = self._token_nll(model, inputs, targets)
                 batch_totals = masked_totals(nll, labels)
                 empty_batches += int(batch_totals[1] == 0)
                 totals[:2] += batch_totals
@@ -152,6 +151,21 @@ class TokenWeightedTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    @staticmethod
+    def _token_nll(model: nn.Module, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        """``token_nll`` of the targets, from logits at the target positions only where the model can (as the
+        training loss): a validation batch as large as the training micro-batch would otherwise hold a
+        vocabulary-wide fp32 row, and its log-softmax, for every prompt token."""
+        if not logits_at_labels_only(model):
+            # Prompt tuning returns logits for its virtual tokens too, before the sequence's own.
+            return token_nll(model(**inputs).logits[:, -targets.shape[1] :], targets)
+        logits = model(**inputs, logits_to_keep=label_positions(targets)).logits
+        shifted = targets[:, 1:]
+        kept = shifted != IGNORE_INDEX
+        nll = torch.zeros(shifted.shape, dtype=torch.float32, device=logits.device)
+        nll[kept] = F.cross_entropy(logits.float(), shifted[kept], reduction="none")
+        return nll
 
 
 def _mean(total: torch.Tensor, count: torch.Tensor) -> float:

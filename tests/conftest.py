@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
-from tiny import DATA_DIR, LLM_ADAPTERS, make_model_dir
 
 # No network here: the hub must answer "offline" at once instead of retrying (subprocesses inherit this).
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Tokenized sets, converted models, Hugging Face and matplotlib caches go to a temporary folder, never the
+# user's ~/.cache; set before any library is imported, which reads them once.
+CACHES = Path(tempfile.mkdtemp(prefix="peftbench-test-caches-"))
+atexit.register(shutil.rmtree, CACHES, ignore_errors=True)
+for variable, folder in (("PEFTBENCH_CACHE", "peftbench"), ("HF_HOME", "huggingface"), ("MPLCONFIGDIR", "mpl")):
+    os.environ[variable] = str(CACHES / folder)
+
+from tiny import DATA_DIR, LLM_ADAPTERS, make_model_dir  # noqa: E402 -- after the caches are chosen
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -8,14 +8,22 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers.masking_utils
 from peft import LoraConfig, PromptTuningConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, GPTNeoConfig
 
 import peftbench.train
+import peftbench.validation
 from peftbench.config import RunConfig
 from peftbench.data.prompts import IGNORE_INDEX
-from peftbench.execution import label_positions, label_token_loss, logits_at_labels_only
+from peftbench.errors import UserError
+from peftbench.execution import (
+    keeps_packed_sequences_apart,
+    label_positions,
+    label_token_loss,
+    logits_at_labels_only,
+)
 from peftbench.kernels import GPTNeoSdpaAttention, kernel_names, use_efficient_kernels
 from peftbench.methods import get_method
 from peftbench.models import load_base_model
@@ -151,3 +159,72 @@ def test_training_on_label_position_logits_reaches_the_weights_and_losses_of_ful
                if "loss" in log] for run in (ours, full)]  # fmt: skip
     assert len(losses[0]) == 2
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+@pytest.mark.parametrize("model", ["tiny_neo", "tiny_llama"])
+def test_packed_sequences_stay_apart_in_gpt_neo_and_llama_with_or_without_lora(model, request) -> None:
+    base = load_base_model(str(request.getfixturevalue(model)), torch.float32)
+    assert keeps_packed_sequences_apart(base)
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    assert keeps_packed_sequences_apart(lora)
+    assert lora.training  # the check runs without dropout and hands the model back as it was
+
+
+def test_a_model_that_lets_packed_sequences_see_each_other_is_not_packed(tiny_llama, tiny_neo, monkeypatch) -> None:
+    # transformers without its packed-sequence mask: every token attends to the whole row.
+    monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    for model in (tiny_llama, tiny_neo):
+        assert not keeps_packed_sequences_apart(load_base_model(str(model), torch.float32))
+
+
+def test_prompt_tuning_is_not_packed_and_asking_for_it_is_an_error(tiny_llama, data_dir, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path / "cache"))
+    prompt_tuning = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    base = load_base_model(str(tiny_llama), torch.float32)
+    assert not keeps_packed_sequences_apart(get_peft_model(base, prompt_tuning))
+    config = RunConfig(peft_type="prompt", model_name=str(tiny_llama), packing=True, max_steps=1, batch=2,
+                       grad_acc=1, max_train_samples=4, val_set_size=0, data_dir=data_dir,
+                       output_folder=str(tmp_path / "p"))  # fmt: skip
+    with pytest.raises(UserError, match="does not keep packed sequences apart"):
+        train(config)
+    with pytest.raises(UserError, match="--micro_batch spec runs the flags literally"):
+        RunConfig(peft_type="lora", packing=True, micro_batch="spec")
+
+
+def test_validation_from_label_position_logits_equals_validation_from_all_logits(
+    tiny_neo, data_dir, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path / "cache"))
+
+    def validations(name: str) -> list[tuple[float, float, int]]:
+        config = RunConfig(peft_type="lora", model_name=str(tiny_neo), r_ab=4, lora_dropout=0.0, lr=1e-2, max_steps=2,
+                           batch=4, grad_acc=1, max_train_samples=8, val_set_size=12, eval_strategy="steps",
+                           eval_steps=1, data_dir=data_dir, output_folder=str(tmp_path / name))  # fmt: skip
+        history = json.loads((train(config).run_dir / "trainer_state.json").read_text())["log_history"]
+        return [(e["eval_loss"], e["eval_answer_loss"], e["eval_label_tokens"]) for e in history if "eval_loss" in e]
+
+    ours = validations("ours")
+    monkeypatch.setattr(peftbench.validation, "logits_at_labels_only", lambda model: False)
+    full = validations("full")
+    assert len(ours) == 2 and all(tokens > 0 and 0 < answer < float("inf") for _, answer, tokens in ours)
+    assert ours == [pytest.approx(validation, rel=1e-6) for validation in full]
+
+
+class _ShiftsPackedPositions(torch.nn.Module):
+    """A model that keeps packed sequences apart but moves their positions: each would train at the wrong ones."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.model.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, **kwargs: object):  # noqa: ANN201
+        moved = None if position_ids is None else position_ids + 3
+        return self.model(input_ids=input_ids, position_ids=moved, **kwargs)
+
+
+def test_a_model_that_moves_packed_sequences_positions_is_not_packed(tiny_neo: Path) -> None:
+    neo = load_base_model(str(tiny_neo), torch.float32)  # learned absolute positions
+    assert keeps_packed_sequences_apart(neo) and not keeps_packed_sequences_apart(_ShiftsPackedPositions(neo))

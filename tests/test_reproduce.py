@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,22 @@ def test_a_failed_step_stops_the_study(tmp_path: Path, data_dir: str, status: in
     with pytest.raises(error, match="zero-shot evaluation"):
         run_steps(Study(CPU_SMALL, tmp_path, (36,), data_dir), lambda argv: calls.append(argv) or status)
     assert len(calls) == 1
+
+
+def test_each_finished_step_adds_its_time_to_the_study_before_the_next_starts(tmp_path: Path, data_dir: str) -> None:
+    on_disk = []
+
+    def step(argv: list[str]) -> int:
+        if (tmp_path / STUDY_TIME_FILE).exists():
+            on_disk.append(json.loads((tmp_path / STUDY_TIME_FILE).read_text())["wall_time_s"])
+        time.sleep(0.3)
+        return 1 if len(on_disk) == 2 else 0  # the third step fails
+
+    with pytest.raises(UserError):
+        reproduce(Study(CPU_SMALL, tmp_path, (36,), data_dir), execute=step)
+    # A study killed during its third step keeps the first two steps' time.
+    assert on_disk == [pytest.approx(0.3, abs=0.1), pytest.approx(0.6, abs=0.1)]
+    assert json.loads((tmp_path / STUDY_TIME_FILE).read_text())["wall_time_s"] == pytest.approx(0.9, abs=0.1)
 
 
 def test_holm_adjustment() -> None:

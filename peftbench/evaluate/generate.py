@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from peftbench.evaluate.batching import FittedBatches
 from peftbench.evaluate.loglik import inserts_virtual_tokens
 
 
@@ -56,29 +57,32 @@ def generate_responses(
         # prompt cannot be encoded apart from them: one prompt at a time, transformers' own beam search.
         batch_size, shared_prefill = 1, False
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    progress = tqdm(total=len(order), desc="generate", unit="prompt")
+
+    def generate_batch(indices: list[int]) -> list[str]:
+        encoded = tokenizer.pad({"input_ids": [prompts[i] for i in indices]}, return_tensors="pt").to(model.device)
+        ids, mask = encoded["input_ids"], encoded["attention_mask"]
+        extra = {}
+        if shared_prefill and beam_size > 1 and ids.shape[1] > 1:
+            extra["cache"] = _shared_prefill(model, ids, mask, beam_size)
+        output = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            num_beams=beam_size,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            **extra,
+        )
+        progress.update(len(indices))
+        return tokenizer.batch_decode(output[:, ids.shape[1] :], skip_special_tokens=True)
+
     responses: list[str] = [""] * len(prompts)
     previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch"):
-            indices = order[start : start + batch_size]
-            encoded = tokenizer.pad({"input_ids": [prompts[i] for i in indices]}, return_tensors="pt").to(model.device)
-            ids, mask = encoded["input_ids"], encoded["attention_mask"]
-            extra = {}
-            if shared_prefill and beam_size > 1 and ids.shape[1] > 1:
-                extra["cache"] = _shared_prefill(model, ids, mask, beam_size)
-            output = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                num_beams=beam_size,
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                **extra,
-            )
-            for index, text in zip(
-                indices, tokenizer.batch_decode(output[:, ids.shape[1] :], skip_special_tokens=True), strict=True
-            ):
-                responses[index] = text
+        for index, text in zip(order, FittedBatches(batch_size).map(generate_batch, order), strict=True):
+            responses[index] = text
     finally:
         tokenizer.padding_side = previous_side
+        progress.close()
     return responses

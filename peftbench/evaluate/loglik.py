@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from peftbench.data.prompts import eval_prompt_ids, scored_sequences
 from peftbench.data.registry import DatasetSpec
 from peftbench.data.sources import Example, answer_options
+from peftbench.evaluate.batching import FittedBatches
 from peftbench.protocols import Protocol
 
 
@@ -156,6 +157,7 @@ def score_questions(
     score so. ``batch`` questions share a pass, grouped by length within windows of 16 batches (scores do not
     depend on the grouping: ``tests/test_loglik.py``)."""
     window = 16 * batch
+    batches = FittedBatches(batch)
     questions = zip(examples, prompts, eval_prompt_ids(tokenizer, prompts, protocol), strict=True)
     while chunk := list(itertools.islice(questions, window)):
         options, inputs = [], []
@@ -164,8 +166,7 @@ def score_questions(
             responses = [spec.response_template.format(answer=option) for option in options[-1]]
             inputs.append((len(ids), scored_sequences(tokenizer, prompt, ids, responses, protocol)))
         order = sorted(range(len(inputs)), key=lambda i: len(inputs[i][1][0]), reverse=True)
-        scores: dict[int, OptionScores] = {}
-        for start in range(0, len(order), batch):
-            part = order[start : start + batch]
-            scores.update(zip(part, score_batch(model, tokenizer.pad_token_id, [inputs[i] for i in part]), strict=True))
+        ordered = [inputs[i] for i in order]
+        scored = batches.map(lambda part: score_batch(model, tokenizer.pad_token_id, part), ordered)
+        scores = dict(zip(order, scored, strict=True))
         yield from ((options[i], scores[i]) for i in range(len(chunk)))
