@@ -193,3 +193,26 @@ def test_a_run_resumed_at_another_micro_batch_ends_with_the_weights_of_the_unint
     for name, value in load_file(whole / "checkpoint-2" / "adapter_model.safetensors").items():
         torch.testing.assert_close(ours[name], value, rtol=1e-4, atol=1e-6)
     assert read_records(copy / "output.jsonl")[-2]["execution"]["micro_batch"] == 16  # the resume record
+
+
+@pytest.mark.parametrize("method", ["hira", "dora", "adalora", "ia3", "fft"])
+def test_packing_trains_each_kind_of_method_to_the_weights_of_regrouping(
+    method: str, tiny_llama, data_dir, tmp_path, monkeypatch
+) -> None:
+    """HiRA (ours), a weight-normalised LoRA, AdaLoRA (whose penalty each micro-batch adds), a scaling
+    vector and every weight: the same weights packed and regrouped (dropout 0 where a method has it)."""
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path / "cache"))
+    dropout = {"lora_dropout": 0.0} if method in ("dora", "adalora") else {}
+    weights, packed = {}, {}
+    for packing in (False, True):
+        config = RunConfig(peft_type=method, model_name=str(tiny_llama), lr=1e-3, max_steps=3, batch=8, grad_acc=4,
+                           max_train_samples=96, val_set_size=0, data_dir=data_dir, packing=packing,
+                           output_folder=str(tmp_path / f"{method}-{packing}"), **dropout)  # fmt: skip
+        run = train(config).run_dir
+        files = list((run / "checkpoint-3").glob("*.safetensors"))
+        assert len(files) == 1
+        weights[packing] = load_file(files[0])
+        packed[packing] = read_records(run / "output.jsonl")[0]["execution"]["packing"]
+    assert packed == {False: False, True: True}
+    for name, value in weights[False].items():
+        torch.testing.assert_close(weights[True][name], value, rtol=1e-4, atol=1e-6)
