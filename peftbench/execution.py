@@ -210,12 +210,30 @@ def pack_step(
     the same number of micro-batches, fullest rows first: ``input_ids``, ``labels`` and ``position_ids``, no
     attention mask. Each sequence's positions start at 0 and its first label is ignored, as the previous
     sequence's last token must not learn to predict it; padding never used that label either, so the loss
-    sums the same token losses over the same count. With fewer rows than micro-batches: regrouped instead."""
+    sums the same token losses over the same count.
+
+    Regrouped instead when there are fewer rows than micro-batches, or when a packed micro-batch would hold
+    more tokens than regrouping's largest (its first, the longest sequences): the memory plan covers that one."""
     sequences = _sequences(batches)
+    longest = len(sequences[0]["input_ids"])
     # Rows of only the longest leave medium sequences alone in theirs: on the local commonsense mix 7% of
     # executed tokens stay padding at micro-batch 64 and 16% at 256; at twice the longest, 3% and 8%. Attention
     # costs more per token in a longer row (2% of GPT-Neo-1.3B's FLOPs at 256 tokens, 4% at 512).
-    width = ROW_WIDTH_FACTOR * len(sequences[0]["input_ids"])
+    rows = _first_fit(sequences, ROW_WIDTH_FACTOR * longest)
+    if len(rows) >= len(batches):
+        packed = sorted((_packed_row(row) for row in rows), key=lambda row: len(row["input_ids"]), reverse=True)
+        counts = [len(packed) // len(batches) + (i < len(packed) % len(batches)) for i in range(len(batches))]
+        parts = [packed[sum(counts[:index]) : sum(counts[: index + 1])] for index in range(len(counts))]
+        padded = [_pad_rows(part, pad_token_id, multiple) for part in parts]
+        if max(part["input_ids"].numel() for part in padded) <= len(batches[0]["input_ids"]) * _round_up(
+            longest, multiple
+        ):
+            return padded
+    return regroup_by_length(batches, pad_token_id, multiple)
+
+
+def _first_fit(sequences: list[dict[str, torch.Tensor]], width: int) -> list[list[dict[str, torch.Tensor]]]:
+    """Rows of sequences (given longest first), each sequence in the first row with room for it."""
     rows: list[list[dict[str, torch.Tensor]]] = []
     free: list[int] = []
     for sequence in sequences:
@@ -227,12 +245,7 @@ def pack_step(
             row = len(rows) - 1
         rows[row].append(sequence)
         free[row] -= length
-    if len(rows) < len(batches):
-        return regroup_by_length(batches, pad_token_id, multiple)
-    packed = sorted((_packed_row(row) for row in rows), key=lambda row: len(row["input_ids"]), reverse=True)
-    counts = [len(packed) // len(batches) + (index < len(packed) % len(batches)) for index in range(len(batches))]
-    parts = [packed[sum(counts[:index]) : sum(counts[: index + 1])] for index in range(len(counts))]
-    return [_pad_rows(part, pad_token_id, multiple) for part in parts]
+    return rows
 
 
 def _packed_row(sequences: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -248,8 +261,12 @@ def _packed_row(sequences: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
     }
 
 
+def _round_up(length: int, multiple: int) -> int:
+    return -(-length // multiple) * multiple
+
+
 def _pad_rows(rows: list[dict[str, torch.Tensor]], pad_token_id: int, multiple: int) -> dict[str, torch.Tensor]:
-    width = -(-len(rows[0]["input_ids"]) // multiple) * multiple
+    width = _round_up(len(rows[0]["input_ids"]), multiple)
     padded = {}
     for key in rows[0]:
         value = PAD_VALUES.get(key, pad_token_id)

@@ -127,10 +127,17 @@ def test_packing_keeps_every_sequence_and_every_loss_token_in_the_same_number_of
     assert [tuple(part["input_ids"].shape) for part in packed] == [(1, 40), (1, 40), (1, 16)]
 
 
-def test_a_step_with_fewer_packed_rows_than_micro_batches_is_regrouped_instead() -> None:
-    batches = _step([[4], [2], [2]], prompt=0)  # one row (4 + 2 + 2) for three micro-batches
+@pytest.mark.parametrize(
+    "lengths",
+    [
+        [[4], [2], [2]],  # one row (4 + 2 + 2) for three micro-batches
+        [[8, 8, 8], [8, 8, 8]],  # rows 16 | 16 | 16: the first micro-batch's 2 × 16 tokens exceed regrouping's 3 × 8
+    ],
+)
+def test_a_step_that_packing_cannot_spread_within_regroupings_memory_is_regrouped_instead(lengths) -> None:
+    batches = _step(lengths, prompt=0)
     packed, regrouped = pack_step(batches, pad_token_id=0), regroup_by_length(batches, pad_token_id=0)
-    assert len(packed) == 3
+    assert len(packed) == len(batches) and all("position_ids" not in part for part in packed)
     assert all(torch.equal(p["input_ids"], r["input_ids"]) for p, r in zip(packed, regrouped, strict=True))
 
 
