@@ -22,7 +22,7 @@ prompt token. Under ``--protocol hira`` most tokens are prompt; the rows are 50k
 
 Dropout is the one exception: different micro-batches draw different masks from the same distribution.
 ``--micro_batch spec`` executes the flags literally; ``tests/test_execution.py`` checks that a step is the
-same at 8 × 4, 32 × 1 and 8 × 4 regrouped.
+same at 8 × 4, 32 × 1, 8 × 4 regrouped and packed at 8 × 4 and 32 × 1.
 """
 
 from __future__ import annotations
@@ -297,8 +297,7 @@ def keeps_packed_sequences_apart(model: torch.nn.Module) -> bool:
     Prompt learning is excluded: its virtual tokens lead a row, not each sequence."""
     if isinstance(model, PeftModel) and model.active_peft_config.is_prompt_learning:
         return False
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    if "position_ids" not in inspect.signature(base.forward).parameters:
+    if not _base_forward_takes(model, "position_ids"):
         return False
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(0)
@@ -328,11 +327,17 @@ def logits_at_labels_only(model: torch.nn.Module) -> bool:
     be computed from them. Not for prompt learning, whose virtual tokens shift the positions the mask would
     select, nor for a tuner with a forward of its own, which may add to the model's loss: AdaLoRA's adds its
     orthogonality penalty, and only when the model computes the loss itself."""
-    if isinstance(model, PeftModel):
-        if model.active_peft_config.is_prompt_learning or type(model.base_model).forward is not BaseTuner.forward:
-            return False
-        model = model.get_base_model()
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    if isinstance(model, PeftModel) and (
+        model.active_peft_config.is_prompt_learning or type(model.base_model).forward is not BaseTuner.forward
+    ):
+        return False
+    return _base_forward_takes(model, "logits_to_keep")
+
+
+def _base_forward_takes(model: torch.nn.Module, argument: str) -> bool:
+    """Whether the transformers model (under a PEFT wrapper, if any) takes ``argument`` in its forward."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return argument in inspect.signature(base.forward).parameters
 
 
 def label_positions(labels: torch.Tensor) -> torch.Tensor:

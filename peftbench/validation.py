@@ -91,6 +91,7 @@ class TokenWeightedTrainer(Trainer):
     def __init__(self, *args: Any, accuracy: Callable[[PreTrainedModel], float] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.accuracy = accuracy
+        self.label_logits_only = logits_at_labels_only(self.model)  # as the training loss decides
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Resume an adapter by loading its weights into the adapter in place. The Trainer's way re-creates the
@@ -152,12 +153,11 @@ class TokenWeightedTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    @staticmethod
-    def _token_nll(model: nn.Module, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    def _token_nll(self, model: nn.Module, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         """``token_nll`` of the targets, from logits at the target positions only where the model can (as the
         training loss): a validation batch as large as the training micro-batch would otherwise hold a
         vocabulary-wide fp32 row, and its log-softmax, for every prompt token."""
-        if not logits_at_labels_only(model):
+        if not self.label_logits_only:
             # Prompt tuning returns logits for its virtual tokens too, before the sequence's own.
             return token_nll(model(**inputs).logits[:, -targets.shape[1] :], targets)
         logits = model(**inputs, logits_to_keep=label_positions(targets)).logits
