@@ -236,6 +236,12 @@ class RunConfig:
         )
 
     @property
+    def sharded_engine(self) -> str | None:
+        """The engine that shards the model over the processes (--ds_config, --fsdp), None for DDP or one process:
+        no process holds the whole model, so nothing may run it outside the engine or plan on its whole size."""
+        return "deepspeed" if self.ds_config is not None else None
+
+    @property
     def target_module_list(self) -> list[str]:
         return [name.strip() for name in (self.target_modules or "").split(",") if name.strip()]
 

@@ -39,13 +39,15 @@ from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTuner
 
 from peftbench.data.prompts import IGNORE_INDEX
+from peftbench.device import DeviceMemory
 from peftbench.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 MICRO_BATCH_MODES = ("auto", "spec")  # or a number of sequences
-# Share of the GPU's memory a probed micro-batch may reach, the rest left to fragmentation and longer steps.
+# Share of the GPU's memory a probed micro-batch may reach, the rest left to fragmentation.
 MEMORY_HEADROOM = 0.9
+PAD_MULTIPLE = 8  # training batches are padded to a multiple of this many tokens
 
 Fits = Callable[[int, bool], bool]  # (micro-batch, checkpointing) -> does a step of it fit in memory?
 
@@ -95,7 +97,7 @@ def plan_execution(setting: str, batch: int, grad_acc: int, checkpointing: bool,
         size = int(setting)
         return Execution(size, per_step // size, checkpointing, True, f"--micro_batch {size}")
     if fits is None:
-        why = "auto without a memory probe (no GPU, or DeepSpeed): --batch"
+        why = "auto without a memory probe (no GPU, or a sharded engine): --batch"
         return Execution(batch, grad_acc, checkpointing, True, why)
     sizes = [size for size in range(per_step, 0, -1) if per_step % size == 0]  # divisors, largest first
     plain = _largest_fitting([s for s in sizes if s >= batch], lambda size: fits(size, False))
@@ -123,40 +125,71 @@ def _largest_fitting(sizes: list[int], fits: Callable[[int], bool]) -> int | Non
     return best
 
 
-def cuda_memory_probe(
-    model: torch.nn.Module, sequence_length: int, reserved_bytes: int, autocast: torch.dtype | None
-) -> Fits:
-    """Tries one forward and backward of ``micro_batch`` sequences of the full training length on the GPU.
+def probe_shapes(micro_batch: int, longest: int, packing: bool) -> list[tuple[int, int]]:
+    """The largest micro-batches a run of sequences up to ``longest`` tokens can execute: ``micro_batch`` rows
+    of the longest (rounded up as padding rounds it); packed, also half as many rows twice as long (``pack_step``
+    caps a packed micro-batch at regrouping's largest, so its rows can reach twice the longest only that way)."""
+    width = _round_up(longest, PAD_MULTIPLE)
+    shapes = [(micro_batch, width)]
+    if packing and micro_batch >= 2:
+        shapes.append((micro_batch // 2, ROW_WIDTH_FACTOR * width))
+    return shapes
 
-    ``reserved_bytes``: memory the probe cannot see, allocated only at the first optimizer step (AdamW's two
-    moments of the trainable parameters). Random-number state is restored, so a probed run draws the same
-    dropout masks as an unprobed one; the weights are untouched (no optimizer step, gradients cleared).
+
+def memory_probe(
+    model: torch.nn.Module,
+    memory: DeviceMemory,
+    longest: int,
+    packing: bool,
+    reserved_bytes: int,
+    autocast: torch.dtype | None,
+) -> Fits:
+    """Tries one training forward and backward of each of ``probe_shapes`` on the device.
+
+    The model is in train mode as the Trainer will run it: transformers checkpoints a layer only in train mode,
+    and dropout's masks count. ``reserved_bytes``: memory the probe cannot see, allocated only when training
+    starts (AdamW's two moments, DDP's gradient buckets). Random-number state is restored, so a probed run draws
+    the same dropout masks as an unprobed one; the weights are untouched (no optimizer step, gradients cleared).
+    The peak statistics are the probe's afterwards: whoever records training's peak resets them first.
     """
     device = next(model.parameters()).device
-    budget = MEMORY_HEADROOM * torch.cuda.get_device_properties(device).total_memory - reserved_bytes
+    budget = MEMORY_HEADROOM * memory.total_bytes - reserved_bytes
     vocabulary = model.get_input_embeddings().num_embeddings
 
-    def fits(micro_batch: int, checkpointing: bool) -> bool:
-        _set_checkpointing(model, checkpointing)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    sequence = probe_shapes(1, longest, packing=False)[0][1]
+
+    def peak(rows: int, width: int) -> int | None:
+        memory.release_cache()
+        memory.reset_peak()
         try:
-            with torch.random.fork_rng(devices=[device]):
-                ids = torch.randint(vocabulary, (micro_batch, sequence_length), device=device)
-                with torch.autocast("cuda", dtype=autocast or torch.float32, enabled=autocast is not None):
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                ids = torch.randint(vocabulary, (rows, width), device=device)
+                # A packed row's positions restart with each sequence (and absolute position tables end).
+                packed = {"position_ids": (torch.arange(width, device=device) % sequence).expand(rows, -1)}
+                with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
                     # Every token a label: the most logits a step can need (llm-adapters trains on the prompt too).
-                    loss = model(input_ids=ids, labels=ids).loss
+                    loss = model(input_ids=ids, labels=ids, **(packed if width > sequence else {})).loss
                 loss.backward()
-            peak = torch.cuda.max_memory_allocated(device)
-        except torch.cuda.OutOfMemoryError:
-            peak = None
+            return memory.peak_bytes()
+        except torch.OutOfMemoryError:
+            return None
         finally:
             model.zero_grad(set_to_none=True)
+
+    def fits(micro_batch: int, checkpointing: bool) -> bool:
+        modes = {module: module.training for module in model.modules()}  # a PEFT wrapper and its model can differ
+        model.train()
+        _set_checkpointing(model, checkpointing)
+        try:
+            peaks = [peak(rows, width) for rows, width in probe_shapes(micro_batch, longest, packing)]
+        finally:
             _set_checkpointing(model, False)
-            torch.cuda.empty_cache()
-        result = peak is not None and peak <= budget
+            for module, training in modes.items():
+                module.training = training
+            memory.release_cache()
+        result = None not in peaks and max(peaks) <= budget
         logger.info("memory probe: micro-batch %d, checkpointing %s: %s", micro_batch, checkpointing,
-                    f"peak {peak / 2**30:.1f} GiB" if peak is not None else "out of memory")  # fmt: skip
+                    "out of memory" if None in peaks else f"peak {max(peaks) / 2**30:.2f} GiB")  # fmt: skip
         return result
 
     return fits
@@ -175,7 +208,7 @@ PAD_VALUES = {"attention_mask": 0, "labels": IGNORE_INDEX, "position_ids": 0}
 
 
 def regroup_by_length(
-    batches: list[dict[str, torch.Tensor]], pad_token_id: int, multiple: int = 8
+    batches: list[dict[str, torch.Tensor]], pad_token_id: int, multiple: int = PAD_MULTIPLE
 ) -> list[dict[str, torch.Tensor]]:
     """The step's sequences in the same number of micro-batches of the same sizes, longest first, each padded
     to its own longest (rounded up to ``multiple``). The set of sequences and their tokens are unchanged."""
@@ -204,7 +237,7 @@ ROW_WIDTH_FACTOR = 2  # a packed row holds up to this many times the step's long
 
 
 def pack_step(
-    batches: list[dict[str, torch.Tensor]], pad_token_id: int, multiple: int = 8
+    batches: list[dict[str, torch.Tensor]], pad_token_id: int, multiple: int = PAD_MULTIPLE
 ) -> list[dict[str, torch.Tensor]]:
     """The step's sequences packed into rows of up to twice its longest (first fit, longest first), spread over
     the same number of micro-batches, fullest rows first: ``input_ids``, ``labels`` and ``position_ids``, no

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from peftbench.device import native_bf16
 from peftbench.errors import UserError
 from peftbench.kernels import use_efficient_kernels
 
@@ -84,17 +85,25 @@ class Precision:
     def name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
 
-    def policy(self, trainable_params: int) -> dict[str, object]:
-        """What output.jsonl records: storage, autocast, and the memory that weights, gradients and AdamW's two
-        moments of the trainable parameters take (each in the weights' dtype)."""
-        bytes_per_param = 4 * self.dtype.itemsize  # weight + gradient + exp_avg + exp_avg_sq
-        autocast = "bf16" if self.bf16 else "fp16" if self.fp16 else None
+    @property
+    def autocast(self) -> torch.dtype | None:
+        """The dtype the Trainer computes in under autocast; None: the weights' own."""
+        return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
+
+    def policy(self, model: torch.nn.Module) -> dict[str, object]:
+        """What output.jsonl records: storage, autocast, and the memory that the trainable parameters' weights,
+        gradients and AdamW's two moments take, each in the parameter's own dtype. PEFT keeps adapter weights in
+        fp32 over a bf16 base (``autocast_adapter_dtype``), so an adapter costs 16 bytes per parameter there."""
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        state_bytes = sum(4 * p.numel() * p.element_size() for p in trainable)  # weight, gradient, exp_avg, exp_avg_sq
+        count = sum(p.numel() for p in trainable)
         return {
             "weights": self.name,
-            "autocast": autocast,
+            "trainable_dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in trainable}),
+            "autocast": str(self.autocast).removeprefix("torch.") if self.autocast else None,
             "why": self.why,
-            "trainable_state_bytes_per_param": bytes_per_param,
-            "trainable_state_gb": round(trainable_params * bytes_per_param / 2**30, 3),
+            "trainable_state_bytes_per_param": round(state_bytes / count, 2) if count else None,
+            "trainable_state_gb": round(state_bytes / 2**30, 3),
         }
 
 
@@ -108,16 +117,17 @@ def choose_precision(load_bit: int, full_finetune: bool = False) -> Precision:
     """
     if load_bit == 32:
         precision = Precision(torch.float32, why="--load_bit 32")
-    elif torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    elif native_bf16():
         if full_finetune:
             why = "--load_bit 16, full fine-tuning: fp32 master weights and AdamW state, bf16 autocast"
             precision = Precision(torch.float32, bf16=True, why=why)
         else:
             precision = Precision(torch.bfloat16, bf16=True, why="--load_bit 16 on a GPU with bf16")
     elif torch.cuda.is_available():
+        # Before Ampere bf16 is emulated, many times slower than fp16 with loss scaling.
         # fp16 loss scaling cannot unscale fp16 gradients, so full fine-tuning keeps fp32 master weights.
         dtype = torch.float32 if full_finetune else torch.float16
-        precision = Precision(dtype, fp16=True, why="--load_bit 16 on a GPU without bf16: fp16 autocast")
+        precision = Precision(dtype, fp16=True, why="--load_bit 16 on a GPU without native bf16: fp16 autocast")
     else:
         precision = Precision(torch.float32, why="--load_bit 16 on CPU (no fast half precision): float32")
     logger.info("precision: weights in %s (%s)", precision.name, precision.why)

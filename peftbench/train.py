@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import resource
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,17 @@ from transformers import (
 from peftbench.config import RunConfig
 from peftbench.data.pipeline import build_datasets
 from peftbench.data.registry import get_dataset
+from peftbench.device import DeviceMemory, device_memory, peak_memory
 from peftbench.errors import TrainingInterrupted, UserError
 from peftbench.execution import (
     Execution,
-    cuda_memory_probe,
+    Fits,
     executed_tokens,
     keeps_packed_sequences_apart,
     label_positions,
     label_token_loss,
     logits_at_labels_only,
+    memory_probe,
     pack_step,
     plan_execution,
     real_tokens,
@@ -80,12 +82,12 @@ class TrainResult:
 class RunStatsCallback(TrainerCallback):
     """Adds wall time and peak memory to the Trainer's logs (and so to trainer_state.json)."""
 
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
+    def __init__(self, memory: DeviceMemory | None) -> None:
+        self.start, self.memory = time.perf_counter(), memory
 
     def on_log(self, args, state, control, logs=None, **kwargs) -> None:  # noqa: ANN001
         if logs is not None:
-            stats = {"elapsed_s": round(time.perf_counter() - self.start, 2), **peak_memory()}
+            stats = {"elapsed_s": round(time.perf_counter() - self.start, 2), **peak_memory(self.memory)}
             logs.update(stats)  # what is printed
             if state.log_history:  # what trainer_state.json keeps: the Trainer stored a copy of logs before this call
                 state.log_history[-1].update(stats)
@@ -114,9 +116,16 @@ class GroupedStepTrainer(TokenWeightedTrainer):
     executes (``padding``: real and executed tokens, summed over the run) and, given
     ``compute_loss_func=label_token_loss``, asks the model for logits at the label positions only."""
 
-    def __init__(self, *args: Any, execution: Execution, pad_token_id: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        execution: Execution,
+        pad_token_id: int,
+        penalty_share: Callable[[torch.nn.Module, float], AbstractContextManager[None]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.execution, self.pad_token_id = execution, pad_token_id
+        self.execution, self.pad_token_id, self.penalty_share = execution, pad_token_id, penalty_share
         self.padding = {"real_tokens": 0, "executed_tokens": 0}
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):  # noqa: ANN001, ANN201
@@ -134,14 +143,12 @@ class GroupedStepTrainer(TokenWeightedTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
         if self.compute_loss_func is label_token_loss:
             inputs = {**inputs, "logits_to_keep": label_positions(inputs["labels"])}
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-
-def peak_memory() -> dict[str, float]:
-    """GPU: max allocated by torch; CPU: peak resident set size of this process."""
-    if torch.cuda.is_available():
-        return {"peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
-    return {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+        if self.penalty_share is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # The step's forwards: its micro-batches (fewer in an epoch's last step) on every process.
+        share = 1 / (self.current_gradient_accumulation_steps * self.accelerator.num_processes)
+        with self.penalty_share(self.model, share):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
 def training_arguments(
@@ -206,6 +213,8 @@ def train(config: RunConfig) -> TrainResult:
     args = training_arguments(config, literal, precision.bf16, precision.fp16, evaluate)
     args.device  # noqa: B018 -- sets up the process group (torchrun / accelerate launch) behind distributed_state
     processes = args.distributed_state
+    refuse_data_parallel(args.n_gpu)
+    memory = device_memory(processes.device)
     total_steps = (
         optimizer_steps(len(train_data), config, processes.num_processes) if method.needs_total_steps else None
     )
@@ -214,8 +223,11 @@ def train(config: RunConfig) -> TrainResult:
     parameters = count_parameters(model)
     label_logits_only = logits_at_labels_only(model)
     compute = {**kernel_names(model), "logits": "label positions" if label_logits_only else "all"}
-    execution = _plan_execution(config, method, model, parameters["trainable_params"], precision, processes)
-    execution = dataclasses.replace(execution, packing=_packs(config, execution, model))
+    packing = _packs(config, model)
+    probe = _memory_probe(config, method, model, precision, processes, memory, data_info["longest_sequence"], packing)
+    execution = _plan_execution(config, probe, packing, processes)
+    if memory is not None:
+        memory.reset_peak()  # the peak a run records is training's own, not the probe's
     logger.info("execution: %d × %d per device (%s)%s", execution.micro_batch, execution.grad_acc, execution.why,
                 ", sequences packed" if execution.packing else "")  # fmt: skip
     if execution != literal:
@@ -246,7 +258,7 @@ def train(config: RunConfig) -> TrainResult:
                     "config": dataclasses.asdict(config),
                     "model_path": model_path,
                     "precision": precision.name,
-                    "precision_policy": precision.policy(parameters["trainable_params"]),
+                    "precision_policy": precision.policy(model),
                     "parameters": parameters,
                     "data": data_info,
                     "processes": processes.num_processes,
@@ -268,9 +280,10 @@ def train(config: RunConfig) -> TrainResult:
         eval_dataset=validation_data,
         data_collator=AnswerLabelCollator(tokenizer, padding=True, pad_to_multiple_of=8),
         processing_class=tokenizer,
-        callbacks=[RunStatsCallback(), interrupt, divergence, disk, MethodSchedule(method, total_steps)],
+        callbacks=[RunStatsCallback(memory), interrupt, divergence, disk, MethodSchedule(method, total_steps)],
         accuracy=_validation_accuracy(config, tokenizer, data.validation_examples),
         compute_loss_func=label_token_loss if label_logits_only else None,
+        penalty_share=method.penalty_share,
     )
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(target.checkpoint) if target.checkpoint else None)
@@ -293,7 +306,7 @@ def train(config: RunConfig) -> TrainResult:
         "train_time_s": round(train_time, 2),
         "train_samples_per_s": output.metrics.get("train_samples_per_second"),
         "padding_fraction": _padding_fraction(trainer.padding),
-        **peak_memory(),
+        **peak_memory(memory),
         **parameters,
     }
     if processes.is_main_process:
@@ -303,36 +316,60 @@ def train(config: RunConfig) -> TrainResult:
     return TrainResult(run_dir=run_dir, checkpoint=checkpoint, metrics=metrics)
 
 
-def _plan_execution(
+def refuse_data_parallel(gpus_in_process: int) -> None:
+    """Several GPUs seen by one process make the Trainer wrap the model in ``nn.DataParallel``, which computes
+    the loss once on the gathered logits and then multiplies it by the GPU count (and AdaLoRA's step count
+    disagrees with its schedule): one process per GPU is the only way that trains the same model."""
+    if gpus_in_process > 1:
+        raise UserError(
+            f"this process sees {gpus_in_process} GPUs, and one process would train on them through "
+            f"nn.DataParallel (loss and gradients × {gpus_in_process}); run one process per GPU: "
+            f"torchrun --nproc_per_node {gpus_in_process} train_hira.py <the same flags>, "
+            "or choose one GPU with CUDA_VISIBLE_DEVICES=0"
+        )
+
+
+def _memory_probe(
     config: RunConfig,
     method: Method,
     model: PreTrainedModel,
-    trainable: int,
     precision: Precision,
     processes: PartialState,
-) -> Execution:
-    """The micro-batch and checkpointing of this run; every process runs process 0's plan."""
-    fits = None
-    if torch.cuda.is_available() and config.ds_config is None and config.micro_batch == "auto":
-        model.to(processes.device)
-        adam_bytes = 2 * trainable * 4  # AdamW's two fp32 moments, allocated at the first optimizer step
-        autocast = torch.bfloat16 if precision.bf16 else torch.float16 if precision.fp16 else None
-        probe = cuda_memory_probe(model, config.max_length, adam_bytes, autocast)
-        can_checkpoint = "enable_grad_ckpt" not in method.refuses  # prefix tuning cannot
+    memory: DeviceMemory | None,
+    longest: int,
+    packing: bool,
+) -> Fits | None:
+    """What ``--micro_batch auto`` plans with: a probe of this model on this device, or None where there is
+    nothing to probe (a CPU) or the model is not whole in this process (DeepSpeed, FSDP)."""
+    if memory is None or config.micro_batch != "auto" or config.sharded_engine is not None:
+        return None
+    model.to(processes.device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    gradient_bytes = sum(p.numel() * p.element_size() for p in trainable)
+    # AdamW's two moments, in each parameter's dtype; DDP's gradient buckets, a second copy of the gradients.
+    reserved = 2 * gradient_bytes + (gradient_bytes if processes.num_processes > 1 else 0)
+    probe = memory_probe(model, memory, longest, packing, reserved, precision.autocast)
+    can_checkpoint = "enable_grad_ckpt" not in method.refuses  # prefix tuning cannot
 
-        def fits(size: int, checkpointing: bool) -> bool:
-            return (can_checkpoint or not checkpointing) and probe(size, checkpointing)
+    def fits(size: int, checkpointing: bool) -> bool:
+        return (can_checkpoint or not checkpointing) and probe(size, checkpointing)
 
-    plans = [plan_execution(config.micro_batch, config.batch, config.grad_acc, config.enable_grad_ckpt, fits)]
+    return fits
+
+
+def _plan_execution(config: RunConfig, fits: Fits | None, packing: bool, processes: PartialState) -> Execution:
+    """The micro-batch, checkpointing and packing of this run; every process runs process 0's plan."""
+    plan = plan_execution(config.micro_batch, config.batch, config.grad_acc, config.enable_grad_ckpt, fits)
+    plans = [dataclasses.replace(plan, packing=packing and plan.group_by_length)]
     if processes.num_processes > 1:
         broadcast_object_list(plans, from_process=0)
     return plans[0]
 
 
-def _packs(config: RunConfig, execution: Execution, model: torch.nn.Module) -> bool:
+def _packs(config: RunConfig, model: torch.nn.Module) -> bool:
     """Packing where asked or left to ``auto`` and the model keeps packed sequences apart; asked for and
     impossible is an error, not a silent fallback."""
-    if config.packing is False or not execution.group_by_length:  # --micro_batch spec: the flags literally
+    if config.packing is False or config.micro_batch == "spec":  # spec: the flags literally
         return False
     if keeps_packed_sequences_apart(model):
         return True

@@ -14,7 +14,7 @@ examples with the evaluation's own scorer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
 from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
 from peftbench.data.prompts import IGNORE_INDEX, build_prompt
@@ -81,6 +83,34 @@ def option_accuracy(
     return correct / len(examples)
 
 
+class ValidationShard(TorchDataset):
+    """One process's share of the validation set: every ``processes``-th example from ``process``, then label-free
+    copies of the first example until every share is equally long.
+
+    Every process must run as many forward passes, because ZeRO-3 and FSDP gather the weights inside each one.
+    accelerate's ``even_batches`` fills the last batches with real examples, which the summed loss would count
+    twice (120 examples at batch 64 over 8 processes: 512 rows); a copy without labels adds nothing to the sums.
+    """
+
+    def __init__(self, dataset: Sequence[dict[str, Any]], process: int, processes: int) -> None:
+        self.dataset = dataset
+        self.indices = list(range(process, len(dataset), processes))
+        self.examples = len(self.indices)
+        self.length = -(-len(dataset) // processes)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index < self.examples:
+            return self.dataset[self.indices[index]]
+        filler = dict(self.dataset[0])
+        for key in ("labels", "answer_labels"):
+            if key in filler:
+                filler[key] = [IGNORE_INDEX] * len(filler[key])
+        return filler
+
+
 class TokenWeightedTrainer(Trainer):
     """A Trainer whose ``eval_loss`` is the token-weighted loss over the whole validation set.
 
@@ -114,13 +144,15 @@ class TokenWeightedTrainer(Trainer):
         return None
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:  # noqa: ANN001
-        dataloader = self.get_eval_dataloader(eval_dataset)
+        shard = ValidationShard(eval_dataset or self.eval_dataset, self.args.process_index, self.args.world_size)
+        batch_size = self.args.per_device_eval_batch_size
+        batches = DataLoader(shard, batch_size=batch_size, collate_fn=self.data_collator)
         model, was_training = self.model, self.model.training
         model.eval()
-        totals = torch.zeros(4, dtype=torch.float64, device=self.args.device)  # loss, tokens, answer loss, tokens
-        empty_batches = 0
+        # loss, tokens, answer loss, answer tokens, batches without a label token
+        totals = torch.zeros(5, dtype=torch.float64, device=self.args.device)
         with torch.no_grad():
-            for inputs in dataloader:
+            for index, inputs in enumerate(batches):
                 inputs = self._prepare_inputs(inputs)
                 labels, answer_labels = inputs.pop("labels"), inputs.pop("answer_labels", None)
                 # One vocabulary-wide log-softmax serves both: answer tokens are label tokens or, when the labels
@@ -131,10 +163,10 @@ class TokenWeightedTrainer(Trainer):
                 with self.compute_loss_context_manager():
                     nll = self._token_nll(model, inputs, targets)
                 batch_totals = masked_totals(nll, labels)
-                empty_batches += int(batch_totals[1] == 0)
                 totals[:2] += batch_totals
                 if answer_labels is not None:
-                    totals[2:] += masked_totals(nll, answer_labels)
+                    totals[2:4] += masked_totals(nll, answer_labels)
+                totals[4] += int(batch_totals[1] == 0 and index * batch_size < shard.examples)
             accuracy = self.accuracy(model) if self.accuracy is not None else None
         model.train(was_training)
         totals = self.accelerator.reduce(totals, reduction="sum")
@@ -145,7 +177,7 @@ class TokenWeightedTrainer(Trainer):
             f"{metric_key_prefix}_loss": _mean(totals[0], totals[1]),
             f"{metric_key_prefix}_answer_loss": _mean(totals[2], totals[3]),
             f"{metric_key_prefix}_label_tokens": tokens,
-            f"{metric_key_prefix}_batches_without_labels": empty_batches,
+            f"{metric_key_prefix}_batches_without_labels": int(totals[4]),
         }
         if accuracy is not None:
             metrics[f"{metric_key_prefix}_accuracy"] = accuracy

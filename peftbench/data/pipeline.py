@@ -106,6 +106,7 @@ def build_datasets(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> Tra
         return result
 
     train, without_labels = _drop_examples_without_labels(tokenized(data, "train"))
+    lengths = [len(ids) for ids in train["input_ids"]]
     info = {
         "sources": loaded.origins,
         "sha256": loaded.sha256,
@@ -115,7 +116,9 @@ def build_datasets(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> Tra
         "train_on_inputs": config.train_on_inputs,
         "protocol": config.protocol,
         "validation_rule": f"{protocol.validation_rule} (seed {_validation_seed(protocol, config.seed)})",
-        "truncated_examples": sum(len(ids) >= config.max_length for ids in train["input_ids"]),
+        "truncated_examples": sum(length >= config.max_length for length in lengths),
+        # What the memory probe plans for: under hira the answer is appended after a prompt cut at max_length.
+        "longest_sequence": max(lengths, default=0),
         "dropped_without_labels": without_labels,
         "tokenization_cache": key,
     }

@@ -31,7 +31,9 @@ from peftbench.errors import UserError
 from peftbench.evaluate.extract import extract_answer
 from peftbench.evaluate.generate import generate_responses
 from peftbench.evaluate.loglik import score_questions
+from peftbench.methods import get_method
 from peftbench.models import (
+    Precision,
     choose_precision,
     load_base_model,
     load_tokenizer,
@@ -39,7 +41,7 @@ from peftbench.models import (
     resolve_model_path,
 )
 from peftbench.protocols import DEFAULT_PROTOCOL, get_protocol
-from peftbench.runs import environment_record, read_records, resolve_checkpoint, write_atomic
+from peftbench.runs import environment_record, load_run_config, read_records, resolve_checkpoint, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +54,21 @@ class EvalModel:
     description: dict[str, Any]  # what was evaluated, recorded with every result
     processes: PartialState  # under torchrun / accelerate launch, each process scores a shard
     trained_protocol: str  # the checkpoint's own protocol (the default one for a base model)
+    autocast: torch.dtype | None = None  # compute dtype over fp32 weights, as in training
+
+
+def eval_precision(load_bit: int, peft_type: str | None) -> Precision:
+    """The precision a model is evaluated in: as it was trained. A full fine-tuning run trained fp32 weights
+    under autocast; stored in bf16 for evaluation, its updates of about lr × steps (1e-3 on a LayerNorm gain of
+    1, where bf16's spacing is 8e-3) would round away, and the model tested would not be the model trained."""
+    full_finetune = peft_type is not None and get_method(peft_type).full_finetune
+    return choose_precision(load_bit, full_finetune=full_finetune)
 
 
 def load_eval_model(config: EvalConfig) -> EvalModel:
-    precision = choose_precision(config.load_bit)
     if config.ckpt is not None:
         ckpt = resolve_checkpoint(Path(config.ckpt))
+        precision = eval_precision(config.load_bit, load_run_config(ckpt).peft_type)
         model, tokenizer, run_config = load_trained(ckpt, precision.dtype)
         trained_protocol = run_config.protocol
         output_dir = Path(config.output_dir) if config.output_dir else ckpt
@@ -71,6 +82,7 @@ def load_eval_model(config: EvalConfig) -> EvalModel:
             "base_fingerprint": model_fingerprint(base_path) if adapter else None,
         }
     else:
+        precision = eval_precision(config.load_bit, None)
         base_path = resolve_model_path(config.model_name)
         model = load_base_model(base_path, precision.dtype)
         tokenizer = load_tokenizer(base_path)
@@ -86,8 +98,11 @@ def load_eval_model(config: EvalConfig) -> EvalModel:
     processes = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: several CPU processes talk over gloo
     model.eval().to(processes.device)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # Half-precision compute over fp32 weights (full fine-tuning) runs under the autocast training ran under.
+    autocast = precision.autocast if precision.dtype == torch.float32 else None
     description["precision"] = precision.name
-    return EvalModel(model, tokenizer, output_dir, description, processes, trained_protocol)
+    description["autocast"] = str(autocast).removeprefix("torch.") if autocast else None
+    return EvalModel(model, tokenizer, output_dir, description, processes, trained_protocol, autocast)
 
 
 def sample_indices(total: int, limit: int | None, seed: int) -> list[int]:
@@ -156,7 +171,10 @@ SCORERS = {"generate": (_generate, ""), "loglik": (_loglik, "_loglik")}
 
 
 # What an evaluation's outcome depends on, besides the data: a finished result that differs in any is redone.
-MODEL_IDENTITY = ("ckpt", "model_name", "peft_type", "model_fingerprint", "base_fingerprint", "prompt_template")
+# The precision too: full fine-tuning evaluated in bf16 (before fp32 evaluation) is redone.
+MODEL_IDENTITY = (
+    *("ckpt", "model_name", "peft_type", "model_fingerprint", "base_fingerprint", "prompt_template", "precision"),
+)
 DECODING_SETTINGS = ("eval_mode", "beam_size", "max_new_tokens", "load_bit", "protocol")
 SAMPLE_SETTINGS = ("max_eval_samples", "seed")
 
@@ -226,7 +244,9 @@ def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[s
     prompts = [build_prompt(example, get_protocol(config.protocol)) for example in chosen]
 
     start = time.perf_counter()
-    rows = predict(loaded, spec, chosen, prompts, config)
+    device = processes.device.type
+    with torch.autocast(device, dtype=loaded.autocast or torch.float32, enabled=loaded.autocast is not None):
+        rows = predict(loaded, spec, chosen, prompts, config)
     predictions = [
         {
             "index": index,

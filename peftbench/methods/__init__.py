@@ -9,6 +9,7 @@ VeRA's, not the protocol's r of LoRA and HiRA); each has its source beside it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ class Method:
     needs_total_steps: bool = False  # the run's optimizer steps go into AdapterSettings.total_steps
     # Called with (model, optimizer steps so far) after each optimizer step, before the gradients are zeroed.
     after_optimizer_step: Callable[[nn.Module, int], None] | None = None
+    # For a penalty the method adds to every forward's loss: (model, one forward's share of the step) -> a context
+    # in which a forward adds only that share, so that a step adds the penalty once however it is executed.
+    penalty_share: Callable[[nn.Module, float], AbstractContextManager[None]] | None = None
     merge_limit: str | None = None  # why it cannot be merged into the base weights; None: it can
     resume_limit: str | None = None  # why a run cannot continue from a checkpoint; None: it can
     refuses: dict[str, str] = field(default_factory=dict)  # RunConfig bool flag -> why the method cannot take it
@@ -108,6 +112,7 @@ METHODS: dict[str, Method] = {
             alpha_per_rank=2.0,
             needs_total_steps=True,
             after_optimizer_step=adalora.update_ranks,
+            penalty_share=adalora.penalty_share,
             resume_limit="its importance scores are not in the checkpoint, and its saved ranks are already pruned",
         ),
         Method(

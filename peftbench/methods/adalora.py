@@ -3,12 +3,17 @@
 Every layer starts at 1.5 × the target average rank (the paper's initial budget b(0) = 1.5 b(T)) and is pruned
 on a cubic schedule to ``--r_ab`` on average. The schedule needs the run's optimizer steps (``total_steps``),
 and the budget is re-allocated after every optimizer step (``update_ranks``), from the gradients of that
-step. The loss includes the orthogonality regulariser, as PEFT adds it in the model's forward.
+step. The loss includes the orthogonality regulariser, as PEFT adds it in the model's forward: once per
+forward, so a step of ``grad_acc`` micro-batches on ``processes`` processes would weigh it ``grad_acc ×
+processes`` times, an objective that changed with the GPU's memory. ``penalty_share`` gives each forward its
+share, and every execution of a step adds it once, as PEFT does for a step of one micro-batch.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from peft import AdaLoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
@@ -45,3 +50,15 @@ def apply(model: PreTrainedModel, settings: AdapterSettings) -> PeftModel:
 def update_ranks(model: PeftModel, step: int) -> None:
     """After each optimizer step, while its gradients exist: update importance scores and prune to the budget."""
     model.base_model.update_and_allocate(step)
+
+
+@contextmanager
+def penalty_share(model: PeftModel, share: float) -> Iterator[None]:
+    """Inside the block, every forward adds ``share`` of the orthogonality penalty's weight to the loss."""
+    config = model.peft_config[model.base_model.trainable_adapter_name]
+    weight = config.orth_reg_weight
+    config.orth_reg_weight = weight * share
+    try:
+        yield
+    finally:
+        config.orth_reg_weight = weight
