@@ -1,4 +1,5 @@
 # peftbench: `make demo` (offline demo on the embedded model), `make test` (fast tests), `make test-slow` (SmolLM2),
+# `make test-distributed` (several processes),
 # `make reproduce` (the cpu-small study and its results page).
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ DATA_DIR ?= ../shared/data/llm_adapters,../shared/data
 SEEDS ?= 1
 export PEFTBENCH_DATA_DIR := $(DATA_DIR)
 
-.PHONY: setup demo reproduce test test-slow lint clean
+.PHONY: setup demo reproduce test test-slow test-distributed lint clean
 
 setup: $(VENV)/.installed
 
@@ -36,6 +37,10 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# Several processes on CPU: torchrun (gloo), DeepSpeed ZeRO-2/3 (DS_ACCELERATOR=cpu), FSDP.
+test-distributed: setup
+	$(PY) -m pytest -q -m distributed
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,50 +1,18 @@
-"""Runs that survive: SIGTERM + resume, divergence and disk guards, checkpoint limits, two-process DDP."""
+"""Runs that survive: SIGTERM + resume, divergence and disk guards, checkpoint limits."""
 
 from __future__ import annotations
 
-import json
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from launch import finish, flags, losses, records, train_hira
 from safetensors.torch import load_file
 from transformers import TrainerControl, TrainerState
 
 from peftbench.guards import DiskSpaceGuard
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def flags(model: Path, data_dir: str, **overrides: object) -> list[str]:
-    settings = {"peft_type": "lora", "model_name": model, "r_ab": 4, "batch": 4, "lr": 1e-2, "max_steps": 40,
-                "max_train_samples": 400, "val_set_size": 0, "eval_strategy": "steps", "eval_steps": 2,
-                "logging_steps": 1, "data_dir": data_dir, "output_folder": "results"}  # fmt: skip
-    settings.update(overrides)
-    return [f"--{key}={value}" for key, value in settings.items() if value is not None]
-
-
-def train_hira(args: list[str], cwd: Path, **popen: object) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "train_hira.py"), *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)  # fmt: skip
-
-
-def finish(process: subprocess.Popen) -> tuple[int, str]:
-    _, stderr = process.communicate(timeout=600)
-    return process.returncode, stderr
-
-
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "output.jsonl").read_text().splitlines()]
-
-
-def losses(run_dir: Path, step: int) -> list[tuple[int, float]]:
-    history = json.loads((run_dir / f"checkpoint-{step}" / "trainer_state.json").read_text())["log_history"]
-    return [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_ends(tiny_neo, data_dir, tmp_path):
@@ -131,62 +99,3 @@ def test_disk_guard_skips_a_checkpoint_that_would_not_fit(tiny_neo, tmp_path, mo
 class _Usage:
     def __init__(self, free: int) -> None:
         self.free = free
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-# LoRA; prefix tuning (PEFT's prompt encoder outside the model); AdaLoRA (rank allocation from synchronised
-# gradients, whose float sums differ in order between one and two processes: its masks and the regulariser
-# amplify that to ~2e-5 after 6 steps).
-DDP_CASES = {
-    "lora": ({"lora_dropout": 0.0}, 1e-5),
-    "prefix": ({"r_ab": None, "virtual_tokens": 4, "lr": 3e-2}, 1e-5),
-    "adalora": ({"lora_dropout": 0.0}, 1e-4),
-}
-
-
-@pytest.mark.parametrize("method", DDP_CASES)
-def test_two_processes_reach_the_weights_of_one_process_with_the_doubled_batch(method, tiny_neo, data_dir, tmp_path):
-    settings, atol = DDP_CASES[method]
-    common = {"peft_type": method, **settings, "max_steps": 6, "max_train_samples": 96, "eval_steps": 6}
-    single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
-    single_dir.mkdir(), ddp_dir.mkdir()
-    code, stderr = finish(train_hira(flags(tiny_neo, data_dir, batch=8, **common), single_dir))
-    assert code == 0, stderr[-3000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-                str(ROOT / "train_hira.py"), *flags(tiny_neo, data_dir, batch=4, **common)]  # fmt: skip
-    result = subprocess.run(torchrun, cwd=ddp_dir, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (single_run,) = (single_dir / "results").iterdir()
-    (ddp_run,) = (ddp_dir / "results").iterdir()  # one folder, made by process 0
-    assert records(ddp_run)[0]["processes"] == 2
-    ours = load_file(ddp_run / "checkpoint-6" / "adapter_model.safetensors")
-    theirs = load_file(single_run / "checkpoint-6" / "adapter_model.safetensors")
-    for name in ours:
-        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=atol)
-
-
-def test_evaluation_sharded_over_two_processes_equals_one_process(tiny_llama, data_dir, tmp_path):
-    def evaluate(processes: int, folder: Path, mode: str) -> list[dict]:
-        args = ["eval", f"--model_name={tiny_llama}", f"--output_dir={folder}", "--dataset=siqa", f"--eval_mode={mode}",
-                "--max_eval_samples=7", "--beam_size=2", "--max_new_tokens=3", f"--data_dir={data_dir}"]  # fmt: skip
-        launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", f"--master_port={_free_port()}"]
-        command = [sys.executable, *(launcher if processes > 1 else []), "-m", "peftbench.cli", *args]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-        suffix = "" if mode == "generate" else "_loglik"
-        record = json.loads((folder / f"output_siqa{suffix}_eval.jsonl").read_text())
-        assert record["processes"] == processes and record["total"] == 7
-        return json.loads((folder / f"predictions_siqa{suffix}.json").read_text())
-
-    for mode in ("generate", "loglik"):
-        one, two = evaluate(1, tmp_path / f"one-{mode}", mode), evaluate(2, tmp_path / f"two-{mode}", mode)
-        assert [p["index"] for p in two] == sorted(p["index"] for p in two)
-        assert [(p["index"], p["predicted"]) for p in two] == [(p["index"], p["predicted"]) for p in one]
-        if mode == "loglik":
-            flat = [score for p in two for score in p["logprobs"]]
-            assert flat == pytest.approx([score for p in one for score in p["logprobs"]], abs=1e-4)

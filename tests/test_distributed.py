@@ -1,0 +1,115 @@
+"""Several processes (torchrun, gloo on CPU): each execution of a run trains and validates the same model.
+
+Marked ``distributed``: ``make test-distributed`` runs this tier (CI too); ``make test`` leaves it out.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from launch import ROOT, finish, flags, records, torchrun, train_hira
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.distributed
+
+
+def _train(folder: Path, args: list[str], processes: int = 1, env: dict[str, str] | None = None) -> Path:
+    """The run folder of train_hira.py with ``args``, in one process or under torchrun."""
+    folder.mkdir(parents=True)
+    if processes == 1:
+        code, stderr = finish(train_hira(args, folder, env=env))
+    else:
+        result = torchrun([str(ROOT / "train_hira.py"), *args], folder, processes, env)
+        code, stderr = result.returncode, result.stderr
+    assert code == 0, stderr[-4000:]
+    (run,) = (folder / "results").iterdir()  # one folder, made by process 0
+    assert records(run)[0]["processes"] == processes
+    return run
+
+
+def _assert_same_weights(ours: Path, theirs: Path, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    ours_weights, their_weights = load_file(ours), load_file(theirs)
+    assert ours_weights.keys() == their_weights.keys()
+    for name, value in their_weights.items():
+        torch.testing.assert_close(ours_weights[name], value, rtol=rtol, atol=atol)
+
+
+# LoRA; prefix tuning (PEFT's prompt encoder outside the model); AdaLoRA (its penalty once per step, its rank
+# allocation from synchronised gradients).
+DDP_CASES = {
+    "lora": {"lora_dropout": 0.0},
+    "prefix": {"r_ab": None, "virtual_tokens": 4, "lr": 3e-2},
+    "adalora": {"lora_dropout": 0.0},
+}
+
+
+@pytest.mark.parametrize("method", DDP_CASES)
+def test_two_processes_reach_the_weights_of_one_process_with_the_doubled_batch(method, tiny_neo, data_dir, tmp_path):
+    common = {"peft_type": method, **DDP_CASES[method], "max_steps": 6, "max_train_samples": 96, "eval_steps": 6}
+    single = _train(tmp_path / "single", flags(tiny_neo, data_dir, batch=8, **common))
+    ddp = _train(tmp_path / "ddp", flags(tiny_neo, data_dir, batch=4, **common), processes=2)
+    _assert_same_weights(ddp / "checkpoint-6" / "adapter_model.safetensors",
+                         single / "checkpoint-6" / "adapter_model.safetensors")  # fmt: skip
+
+
+def test_adalora_reaches_the_same_weights_at_any_micro_batch_and_process_count(tiny_neo, data_dir, tmp_path):
+    """PEFT adds AdaLoRA's penalty to every forward's loss: it weighed grad_acc × processes times before."""
+    common = {"peft_type": "adalora", "lora_dropout": 0.0, "r_ab": 4, "lr": 1e-3, "max_steps": 3, "grad_acc": 4,
+              "max_train_samples": 96, "eval_steps": 3}  # fmt: skip
+    runs = {
+        "8 × 4": _train(tmp_path / "8x4", flags(tiny_neo, data_dir, batch=8, micro_batch="spec", **common)),
+        "32 × 1": _train(tmp_path / "32", flags(tiny_neo, data_dir, batch=8, micro_batch=32, **common)),
+        "2 × (4 × 4)": _train(tmp_path / "ddp", flags(tiny_neo, data_dir, batch=4, micro_batch="spec", **common), 2),
+    }
+    reference = runs["32 × 1"] / "checkpoint-3" / "adapter_model.safetensors"
+    for run in runs.values():
+        _assert_same_weights(run / "checkpoint-3" / "adapter_model.safetensors", reference, rtol=1e-5, atol=1e-6)
+
+
+def test_validation_over_two_processes_equals_one_process(tiny_neo, data_dir, tmp_path):
+    """7 validation examples: neither the batch (2 per process) nor the 2 processes divide them."""
+    common = {"lora_dropout": 0.0, "max_steps": 3, "max_train_samples": 96, "val_set_size": 7, "eval_steps": 1,
+              "lr": 5e-2}  # fmt: skip
+    single = _train(tmp_path / "single", flags(tiny_neo, data_dir, batch=4, **common))
+    ddp = _train(tmp_path / "ddp", flags(tiny_neo, data_dir, batch=2, **common), processes=2)
+
+    def validations(run: Path) -> list[dict]:
+        history = json.loads((run / "trainer_state.json").read_text())["log_history"]
+        return [entry for entry in history if "eval_loss" in entry]
+
+    ours, theirs = validations(ddp), validations(single)
+    assert [e["step"] for e in ours] == [e["step"] for e in theirs] == [1, 2, 3]
+    assert [e["eval_label_tokens"] for e in ours] == [e["eval_label_tokens"] for e in theirs]
+    assert [e["eval_batches_without_labels"] for e in ours] == [0, 0, 0]
+    for key in ("eval_loss", "eval_answer_loss"):  # duplicated examples moved eval_loss by 6e-4 before
+        assert [e[key] for e in ours] == pytest.approx([e[key] for e in theirs], rel=1e-5)
+    assert records(ddp)[-1]["best_checkpoint"].endswith(Path(records(single)[-1]["best_checkpoint"]).name)
+
+
+def test_evaluation_sharded_over_two_processes_equals_one_process(tiny_llama, data_dir, tmp_path):
+    def evaluate(processes: int, folder: Path, mode: str) -> list[dict]:
+        args = ["eval", f"--model_name={tiny_llama}", f"--output_dir={folder}", "--dataset=siqa", f"--eval_mode={mode}",
+                "--max_eval_samples=7", "--beam_size=2", "--max_new_tokens=3", f"--data_dir={data_dir}"]  # fmt: skip
+        folder.mkdir()
+        if processes == 1:
+            result = __import__("subprocess").run([sys.executable, "-m", "peftbench.cli", *args], capture_output=True,
+                                                  text=True, timeout=600)  # fmt: skip
+        else:
+            result = torchrun(["-m", "peftbench.cli", *args], folder, processes)
+        assert result.returncode == 0, result.stderr[-3000:]
+        suffix = "" if mode == "generate" else "_loglik"
+        record = json.loads((folder / f"output_siqa{suffix}_eval.jsonl").read_text())
+        assert record["processes"] == processes and record["total"] == 7
+        return json.loads((folder / f"predictions_siqa{suffix}.json").read_text())
+
+    for mode in ("generate", "loglik"):
+        one, two = evaluate(1, tmp_path / f"one-{mode}", mode), evaluate(2, tmp_path / f"two-{mode}", mode)
+        assert [p["index"] for p in two] == sorted(p["index"] for p in two)
+        assert [(p["index"], p["predicted"]) for p in two] == [(p["index"], p["predicted"]) for p in one]
+        if mode == "loglik":
+            flat = [score for p in two for score in p["logprobs"]]
+            assert flat == pytest.approx([score for p in one for score in p["logprobs"]], abs=1e-4)
