@@ -6,6 +6,7 @@ peftbench analyze results_hira results_lora --out results_analysis
 peftbench data list
 peftbench reproduce --preset cpu-small
 peftbench demo
+peftbench doctor
 """
 
 from __future__ import annotations
@@ -217,6 +218,14 @@ def _bench_memory(args: argparse.Namespace) -> None:
     bench_memory(settings, Path(args.out) if args.out else None)
 
 
+def _doctor(args: argparse.Namespace) -> None:
+    from peftbench.doctor import FAIL, doctor
+
+    failed = [check.name for check in doctor(Path(args.out) if args.out else None) if check.status == FAIL]
+    if failed:
+        raise UserError(f"doctor: {', '.join(failed)} failed on this machine (see the lines above)")
+
+
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data_dir", default=default_data_dir(), help="comma-separated data folders (env PEFTBENCH_DATA_DIR)"
@@ -345,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train_samples", type=int, default=256)
     demo.add_argument("--eval_samples", type=int, default=12)
     demo.set_defaults(action=_demo)
+
+    check = commands.add_parser("doctor", help="check this machine (GPU numerics, memory plan, DDP) in minutes")
+    check.add_argument("--out", default="", help="JSON report ('' for none)")
+    check.set_defaults(action=_doctor)
     return parser
 
 

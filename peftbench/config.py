@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.data.registry import get_dataset, resolve_names
+from peftbench.engines import read_ds_config
 from peftbench.errors import UserError
 from peftbench.execution import check_micro_batch
 from peftbench.methods import METHOD_FLAGS, METHODS, Method, get_method
@@ -200,8 +201,12 @@ class RunConfig:
             raise UserError(f"--target_modules is empty; {self.peft_type} needs at least one module name")
         if self.resume and self.resume_from_checkpoint is None:
             self.resume_from_checkpoint = "auto"
-        if self.ds_config is not None and not Path(self.ds_config).is_file():
-            raise UserError(f"--ds_config {self.ds_config} does not exist")
+        if self.ds_config is not None:
+            if not Path(self.ds_config).is_file():
+                raise UserError(f"--ds_config {self.ds_config} does not exist")
+            read_ds_config(self.ds_config)
+        if self.sharded_engine is not None and method.sharding_limit is not None:
+            raise UserError(f"{self.peft_type} cannot train under {self.sharded_engine}: {method.sharding_limit}")
         if self.output_folder is None:
             self.output_folder = f"results_{self.peft_type}"
 

@@ -16,6 +16,8 @@ from types import FrameType
 import torch
 from transformers import TrainerCallback
 
+from peftbench.models import parameter_bytes
+
 
 class InterruptSaver(TrainerCallback):
     """The first SIGINT/SIGTERM asks for a checkpoint at the end of the step; a second SIGINT aborts at once."""
@@ -61,8 +63,8 @@ class DiskSpaceGuard(TrainerCallback):
     """Before each checkpoint, checks the free space against the checkpoint's expected size."""
 
     def __init__(self, model: torch.nn.Module, run_dir: Path, saves_full_model: bool) -> None:
-        trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-        weights = sum(p.numel() * p.element_size() for p in model.parameters()) if saves_full_model else trainable
+        trainable = parameter_bytes(p for p in model.parameters() if p.requires_grad)
+        weights = parameter_bytes(model.parameters()) if saves_full_model else trainable
         # weights (adapter or full model) + AdamW's two moments of every trainable parameter, plus 10%.
         self.needed_bytes = int(1.1 * (weights + 2 * trainable))
         self.run_dir = run_dir

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,8 +96,8 @@ class Precision:
         gradients and AdamW's two moments take, each in the parameter's own dtype. PEFT keeps adapter weights in
         fp32 over a bf16 base (``autocast_adapter_dtype``), so an adapter costs 16 bytes per parameter there."""
         trainable = [p for p in model.parameters() if p.requires_grad]
-        state_bytes = sum(4 * p.numel() * p.element_size() for p in trainable)  # weight, gradient, exp_avg, exp_avg_sq
-        count = sum(p.numel() for p in trainable)
+        state_bytes = 4 * parameter_bytes(trainable)  # weight, gradient, exp_avg, exp_avg_sq
+        count = sum(parameter_numel(p) for p in trainable)
         return {
             "weights": self.name,
             "trainable_dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in trainable}),
@@ -195,7 +196,17 @@ def model_fingerprint(path: str, model: PreTrainedModel | None = None) -> str:
     return _fingerprints[key]
 
 
+def parameter_numel(parameter: torch.nn.Parameter) -> int:
+    """The whole parameter's size: under DeepSpeed ZeRO-3 a process holds a shard (``numel()`` 0 when the weights
+    were partitioned as they loaded) and ``ds_numel`` is the whole."""
+    return getattr(parameter, "ds_numel", parameter.numel())
+
+
+def parameter_bytes(parameters: Iterable[torch.nn.Parameter]) -> int:
+    return sum(parameter_numel(p) * p.element_size() for p in parameters)
+
+
 def count_parameters(model: torch.nn.Module) -> dict[str, float]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(parameter_numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(parameter_numel(p) for p in model.parameters())
     return {"trainable_params": trainable, "total_params": total, "trainable_percent": 100.0 * trainable / total}

@@ -36,6 +36,7 @@ from peftbench.config import RunConfig
 from peftbench.data.pipeline import build_datasets
 from peftbench.data.registry import get_dataset
 from peftbench.device import DeviceMemory, device_memory, peak_memory
+from peftbench.engines import start_deepspeed_on_cpu, whole_model
 from peftbench.errors import TrainingInterrupted, UserError
 from peftbench.execution import (
     Execution,
@@ -60,6 +61,7 @@ from peftbench.models import (
     count_parameters,
     load_base_model,
     load_tokenizer,
+    parameter_bytes,
     resolve_model_path,
 )
 from peftbench.protocols import get_protocol
@@ -213,6 +215,7 @@ def train(config: RunConfig) -> TrainResult:
     args = training_arguments(config, literal, precision.bf16, precision.fp16, evaluate)
     args.device  # noqa: B018 -- sets up the process group (torchrun / accelerate launch) behind distributed_state
     processes = args.distributed_state
+    start_deepspeed_on_cpu(config.ds_config)
     refuse_data_parallel(args.n_gpu)
     memory = device_memory(processes.device)
     total_steps = (
@@ -223,7 +226,8 @@ def train(config: RunConfig) -> TrainResult:
     parameters = count_parameters(model)
     label_logits_only = logits_at_labels_only(model)
     compute = {**kernel_names(model), "logits": "label positions" if label_logits_only else "all"}
-    packing = _packs(config, model)
+    with whole_model(model):
+        packing = _packs(config, model)
     probe = _memory_probe(config, method, model, precision, processes, memory, data_info["longest_sequence"], packing)
     execution = _plan_execution(config, probe, packing, processes)
     if memory is not None:
@@ -345,7 +349,7 @@ def _memory_probe(
         return None
     model.to(processes.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    gradient_bytes = sum(p.numel() * p.element_size() for p in trainable)
+    gradient_bytes = parameter_bytes(trainable)
     # AdamW's two moments, in each parameter's dtype; DDP's gradient buckets, a second copy of the gradients.
     reserved = 2 * gradient_bytes + (gradient_bytes if processes.num_processes > 1 else 0)
     probe = memory_probe(model, memory, longest, packing, reserved, precision.autocast)

@@ -113,3 +113,82 @@ def test_evaluation_sharded_over_two_processes_equals_one_process(tiny_llama, da
         if mode == "loglik":
             flat = [score for p in two for score in p["logprobs"]]
             assert flat == pytest.approx([score for p in one for score in p["logprobs"]], abs=1e-4)
+
+
+def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
+    (file,) = (run / f"checkpoint-{step}").glob("*.safetensors")  # adapter_model or, for FFT, model
+    return load_file(file)
+
+
+def _validations(run: Path) -> list[tuple[int, float]]:
+    history = json.loads((run / "trainer_state.json").read_text())["log_history"]
+    return [(entry["step"], entry["eval_loss"]) for entry in history if "eval_loss" in entry]
+
+
+SHARDED_RUN = {"r_ab": None, "batch": 2, "grad_acc": 2, "lr": 1e-2, "max_steps": 3, "max_train_samples": 64,
+               "val_set_size": 5, "eval_steps": 1, "save_total_limit": 0}  # fmt: skip
+ADAPTER_RANK = {"lora": {"r_ab": 4, "lora_dropout": 0.0}, "hira": {"r_ab": 4}, "fft": {"lr": 1e-3}}
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tiny_neo, data_dir, tmp_path_factory) -> dict[str, Path]:
+    """The reference: plain DDP on 2 processes, each method trained 3 steps and validated at each."""
+    folder = tmp_path_factory.mktemp("ddp")
+    return {method: _train(folder / method, flags(tiny_neo, data_dir, **(SHARDED_RUN | {"peft_type": method} |
+                                                                         ADAPTER_RANK[method])), processes=2)
+            for method in ADAPTER_RANK}  # fmt: skip
+
+
+def _assert_trains_as_ddp(run: Path, reference: Path, rtol: float = 1e-4) -> None:
+    """Same weights, parameter counts, packing, validation losses and chosen checkpoint as DDP."""
+    first, reference_first = records(run)[0], records(reference)[0]
+    assert first["parameters"] == reference_first["parameters"] and first["parameters"]["total_params"] > 0
+    assert first["execution"]["packing"] is reference_first["execution"]["packing"] is True
+    ours, theirs = _weights(run, 3), _weights(reference, 3)
+    assert theirs.keys() <= ours.keys()
+    for extra in ours.keys() - theirs.keys():  # ZeRO-2 saves tied weights twice (lm_head and the embedding)
+        assert any(torch.equal(ours[extra], value) for value in ours.values() if value is not ours[extra])
+    for name, value in theirs.items():
+        torch.testing.assert_close(ours[name].float(), value.float(), rtol=rtol, atol=1e-6)
+    assert [s for s, _ in _validations(run)] == [s for s, _ in _validations(reference)] == [1, 2, 3]
+    assert [v for _, v in _validations(run)] == pytest.approx([v for _, v in _validations(reference)], rel=1e-5)
+    assert Path(records(run)[-1]["best_checkpoint"]).name == Path(records(reference)[-1]["best_checkpoint"]).name
+
+
+@pytest.mark.parametrize("method", list(ADAPTER_RANK))
+def test_deepspeed_zero3_trains_as_ddp_and_its_checkpoint_evaluates(method, ddp_runs, tiny_neo, data_dir, tmp_path):
+    args = flags(tiny_neo, data_dir, **(SHARDED_RUN | {"peft_type": method} | ADAPTER_RANK[method]))
+    run = _train(tmp_path / "zero3", [*args, f"--ds_config={ROOT / 'ds_configs' / 'zero3.json'}"], processes=2)
+    _assert_trains_as_ddp(run, ddp_runs[method])
+    scores = {}
+    for name, trained in (("zero3", run), ("ddp", ddp_runs[method])):
+        evaluation = ["eval", f"--ckpt={trained / 'checkpoint-3'}", "--dataset=boolq", "--eval_mode=loglik",
+                      "--max_eval_samples=4", f"--data_dir={data_dir}", f"--output_dir={tmp_path / name}"]  # fmt: skip
+        result = __import__("subprocess").run([sys.executable, "-m", "peftbench.cli", *evaluation],
+                                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        predictions = json.loads((tmp_path / name / "predictions_boolq_loglik.json").read_text())
+        scores[name] = [score for p in predictions for score in p["logprobs"]]
+    assert scores["zero3"] == pytest.approx(scores["ddp"], abs=1e-4)
+
+
+def test_deepspeed_zero2_trains_as_ddp(ddp_runs, tiny_neo, data_dir, tmp_path):
+    args = flags(tiny_neo, data_dir, **(SHARDED_RUN | {"peft_type": "fft"} | ADAPTER_RANK["fft"]))
+    run = _train(tmp_path / "zero2", [*args, f"--ds_config={ROOT / 'ds_configs' / 'zero2.json'}"], processes=2)
+    _assert_trains_as_ddp(run, ddp_runs["fft"])
+
+
+def test_a_deepspeed_zero3_run_resumes_to_the_weights_of_the_uninterrupted_run(ddp_runs, tiny_neo, data_dir, tmp_path):
+    args = [*flags(tiny_neo, data_dir, **(SHARDED_RUN | {"peft_type": "lora"} | ADAPTER_RANK["lora"])),
+            f"--ds_config={ROOT / 'ds_configs' / 'zero3.json'}"]  # fmt: skip
+    whole = _train(tmp_path / "whole", args, processes=2)
+    interrupted = tmp_path / "interrupted"
+    __import__("shutil").copytree(whole.parent, interrupted / "results",
+                                  ignore=__import__("shutil").ignore_patterns("checkpoint-3"))  # fmt: skip
+    (run,) = (interrupted / "results").iterdir()
+    result = torchrun([str(ROOT / "train_hira.py"), *args, f"--resume_from_checkpoint={run / 'checkpoint-2'}"],
+                      interrupted)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert records(run)[-2]["event"] == "resume"
+    for name, value in _weights(whole, 3).items():
+        torch.testing.assert_close(_weights(run, 3)[name], value, rtol=1e-5, atol=1e-7)

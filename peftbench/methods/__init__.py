@@ -51,6 +51,7 @@ class Method:
     merge_limit: str | None = None  # why it cannot be merged into the base weights; None: it can
     resume_limit: str | None = None  # why a run cannot continue from a checkpoint; None: it can
     refuses: dict[str, str] = field(default_factory=dict)  # RunConfig bool flag -> why the method cannot take it
+    sharding_limit: str | None = None  # why it cannot train under DeepSpeed ZeRO or FSDP; None: it can
 
 
 _LORA_SOURCE = "LLM-Adapters finetune.py (lora_alpha 16 at r 8, lora_dropout 0.05)"
@@ -114,6 +115,8 @@ METHODS: dict[str, Method] = {
             after_optimizer_step=adalora.update_ranks,
             penalty_share=adalora.penalty_share,
             resume_limit="its importance scores are not in the checkpoint, and its saved ranks are already pruned",
+            sharding_limit="its rank allocation reads every parameter's whole gradient after each step, which "
+            "ZeRO and FSDP shard over the processes; use DDP (torchrun without --ds_config or --fsdp)",
         ),
         Method(
             "vera",
