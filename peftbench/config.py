@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.data.registry import get_dataset, resolve_names
-from peftbench.engines import read_ds_config
+from peftbench.engines import check_fsdp, read_ds_config
 from peftbench.errors import UserError
 from peftbench.execution import check_micro_batch
 from peftbench.methods import METHOD_FLAGS, METHODS, Method, get_method
@@ -164,6 +164,13 @@ class RunConfig:
         default=None, metadata=_help("'auto' (as --resume) or a checkpoint folder to continue from.")
     )
     ds_config: str | None = field(default=None, metadata=_help("DeepSpeed config file (see ds_configs/)."))
+    fsdp: str | None = field(
+        default=None,
+        metadata=_help(
+            "Shard the model over the processes with FSDP2: what TrainingArguments.fsdp takes, e.g. "
+            "'full_shard auto_wrap' (README, 'Scaling')."
+        ),
+    )
     data_dir: str = field(
         default_factory=default_data_dir,
         metadata=_help("Comma-separated folders holding <dataset>/{train,test}.json (env PEFTBENCH_DATA_DIR)."),
@@ -205,6 +212,10 @@ class RunConfig:
             if not Path(self.ds_config).is_file():
                 raise UserError(f"--ds_config {self.ds_config} does not exist")
             read_ds_config(self.ds_config)
+        if self.fsdp is not None:
+            check_fsdp(self.fsdp)
+            if self.ds_config is not None:
+                raise UserError("--fsdp and --ds_config are two engines; choose one")
         if self.sharded_engine is not None and method.sharding_limit is not None:
             raise UserError(f"{self.peft_type} cannot train under {self.sharded_engine}: {method.sharding_limit}")
         if self.output_folder is None:
@@ -244,7 +255,7 @@ class RunConfig:
     def sharded_engine(self) -> str | None:
         """The engine that shards the model over the processes (--ds_config, --fsdp), None for DDP or one process:
         no process holds the whole model, so nothing may run it outside the engine or plan on its whole size."""
-        return "deepspeed" if self.ds_config is not None else None
+        return "deepspeed" if self.ds_config is not None else "fsdp" if self.fsdp is not None else None
 
     @property
     def target_module_list(self) -> list[str]:

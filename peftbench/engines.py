@@ -5,8 +5,9 @@
 - **DeepSpeed ZeRO** (``--ds_config``, e.g. ``ds_configs/zero2.json``, ``zero3.json``): ZeRO-2 shards AdamW's
   state and the gradients over the processes; ZeRO-3 the weights too, from the moment the model loads
   (transformers loads it under ``deepspeed.zero.Init`` while the run's TrainingArguments name a ZeRO-3 config).
-- **FSDP** (``--fsdp``, what ``TrainingArguments.fsdp`` takes): the Trainer's FSDP through accelerate; the model
-  loads whole in every process and is sharded when training starts.
+- **FSDP** (``--fsdp``, what ``TrainingArguments.fsdp`` takes, e.g. ``"full_shard auto_wrap"``): the Trainer's
+  FSDP2 (``fully_shard``) through accelerate, each decoder layer a unit; the model loads whole in every process
+  and is sharded when training starts. Checkpoints hold the full state dict (a plain model or PEFT adapter).
 
 Where no process holds the whole model, the memory probe does not run (``--micro_batch auto`` keeps
 ``--batch``), parameters count by their whole size (``models.parameter_numel``), a forward outside the engine
@@ -26,7 +27,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from transformers import Trainer
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.trainer_utils import FSDPOption
 
 from peftbench.errors import UserError
 
@@ -90,3 +93,32 @@ def whole_model(model: torch.nn.Module) -> Iterator[None]:
 
     with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
         yield
+
+
+# FSDP1 is deprecated in transformers 5.24; on CPU its full state dict crashes and its sharded resume restores
+# the optimizer wrongly. The full state dict makes every checkpoint a model or adapter that loads anywhere.
+FSDP_CONFIG = {"version": 2, "state_dict_type": "FULL_STATE_DICT"}
+
+
+def check_fsdp(setting: str) -> None:
+    """One error for a --fsdp value the Trainer would refuse with a traceback."""
+    unknown = [word for word in setting.split() if word not in {option.value for option in FSDPOption}]
+    if not setting.split() or unknown:
+        choices = ", ".join(option.value for option in FSDPOption)
+        raise UserError(f"--fsdp {setting!r}: expected space-separated options of {choices}")
+
+
+def enable_fsdp_on_cpu(trainer: Trainer) -> None:
+    """accelerate turns FSDP on for accelerator devices only: CPU processes (gloo, the Trainer's ``use_cpu``) asked
+    for FSDP silently train plain DDP (accelerate/state.py). FSDP2 itself runs on CPU with gloo, so on a CPU
+    (the tests, a laptop) it is switched on here as accelerate does on a GPU; the base state is set too, or
+    accelerate copies the old distributed type back the next time its state is read."""
+    if torch.cuda.is_available() or trainer.args.fsdp_plugin_args is None or trainer.is_fsdp_enabled:
+        return
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    trainer.accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+    trainer.accelerator.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    trainer.is_fsdp_enabled = True

@@ -36,7 +36,7 @@ from peftbench.config import RunConfig
 from peftbench.data.pipeline import build_datasets
 from peftbench.data.registry import get_dataset
 from peftbench.device import DeviceMemory, device_memory, peak_memory
-from peftbench.engines import start_deepspeed_on_cpu, whole_model
+from peftbench.engines import FSDP_CONFIG, enable_fsdp_on_cpu, start_deepspeed_on_cpu, whole_model
 from peftbench.errors import TrainingInterrupted, UserError
 from peftbench.execution import (
     Execution,
@@ -130,6 +130,10 @@ class GroupedStepTrainer(TokenWeightedTrainer):
         self.execution, self.pad_token_id, self.penalty_share = execution, pad_token_id, penalty_share
         self.padding = {"real_tokens": 0, "executed_tokens": 0}
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        enable_fsdp_on_cpu(self)
+
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):  # noqa: ANN001, ANN201
         batches, label_tokens = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not batches:
@@ -189,6 +193,8 @@ def training_arguments(
         logging_first_step=True,
         logging_nan_inf_filter=False,  # a NaN loss must reach DivergenceGuard, not be averaged away
         deepspeed=config.ds_config,
+        fsdp=config.fsdp,
+        fsdp_config=FSDP_CONFIG if config.fsdp else None,
         seed=config.seed,
         data_seed=config.seed,
         label_names=["labels"],
@@ -217,6 +223,8 @@ def train(config: RunConfig) -> TrainResult:
     processes = args.distributed_state
     start_deepspeed_on_cpu(config.ds_config)
     refuse_data_parallel(args.n_gpu)
+    if config.fsdp is not None and processes.num_processes == 1:
+        raise UserError("--fsdp shards the model over several processes: run it under torchrun --nproc_per_node N")
     memory = device_memory(processes.device)
     total_steps = (
         optimizer_steps(len(train_data), config, processes.num_processes) if method.needs_total_steps else None
@@ -310,6 +318,7 @@ def train(config: RunConfig) -> TrainResult:
         "train_time_s": round(train_time, 2),
         "train_samples_per_s": output.metrics.get("train_samples_per_second"),
         "padding_fraction": _padding_fraction(trainer.padding),
+        "distributed": trainer.accelerator.distributed_type.value,  # what accelerate ran: NO, MULTI_GPU, FSDP, ...
         **peak_memory(memory),
         **parameters,
     }

@@ -127,7 +127,7 @@ class TokenWeightedTrainer(Trainer):
         """Resume an adapter by loading its weights into the adapter in place. The Trainer's way re-creates the
         adapter with ``load_adapter(is_trainable=True)``, which PEFT refuses for prefix and prompt tuning."""
         model = self.model if model is None else model
-        if not isinstance(model, PeftModel):
+        if not isinstance(model, PeftModel) or self.is_fsdp_enabled:  # FSDP's shards load through accelerate
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         weights = load_file(Path(resume_from_checkpoint) / SAFE_ADAPTER_FILE)
         set_peft_model_state_dict(model, weights)

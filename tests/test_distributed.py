@@ -6,6 +6,8 @@ Marked ``distributed``: ``make test-distributed`` runs this tier (CI too); ``mak
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -96,8 +98,8 @@ def test_evaluation_sharded_over_two_processes_equals_one_process(tiny_llama, da
                 "--max_eval_samples=7", "--beam_size=2", "--max_new_tokens=3", f"--data_dir={data_dir}"]  # fmt: skip
         folder.mkdir()
         if processes == 1:
-            result = __import__("subprocess").run([sys.executable, "-m", "peftbench.cli", *args], capture_output=True,
-                                                  text=True, timeout=600)  # fmt: skip
+            result = subprocess.run([sys.executable, "-m", "peftbench.cli", *args], capture_output=True, text=True,
+                                    timeout=600)  # fmt: skip
         else:
             result = torchrun(["-m", "peftbench.cli", *args], folder, processes)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -139,14 +141,30 @@ def ddp_runs(tiny_neo, data_dir, tmp_path_factory) -> dict[str, Path]:
             for method in ADAPTER_RANK}  # fmt: skip
 
 
+ENGINES = {
+    "zero3": (f"--ds_config={ROOT / 'ds_configs' / 'zero3.json'}", "DEEPSPEED"),
+    "zero2": (f"--ds_config={ROOT / 'ds_configs' / 'zero2.json'}", "DEEPSPEED"),
+    "fsdp": ("--fsdp=full_shard auto_wrap", "FSDP"),
+}
+
+
+def _sharded_run(engine: str, method: str, tiny_neo: Path, data_dir: str, folder: Path) -> Path:
+    flag, distributed = ENGINES[engine]
+    args = flags(tiny_neo, data_dir, **(SHARDED_RUN | {"peft_type": method} | ADAPTER_RANK[method]))
+    run = _train(folder, [*args, flag], processes=2)
+    assert records(run)[-1]["distributed"] == distributed  # the engine really ran (not DDP in its place)
+    return run
+
+
 def _assert_trains_as_ddp(run: Path, reference: Path, rtol: float = 1e-4) -> None:
     """Same weights, parameter counts, packing, validation losses and chosen checkpoint as DDP."""
+    assert records(reference)[-1]["distributed"] == "MULTI_CPU"
     first, reference_first = records(run)[0], records(reference)[0]
     assert first["parameters"] == reference_first["parameters"] and first["parameters"]["total_params"] > 0
     assert first["execution"]["packing"] is reference_first["execution"]["packing"] is True
     ours, theirs = _weights(run, 3), _weights(reference, 3)
     assert theirs.keys() <= ours.keys()
-    for extra in ours.keys() - theirs.keys():  # ZeRO-2 saves tied weights twice (lm_head and the embedding)
+    for extra in ours.keys() - theirs.keys():  # ZeRO-2 and FSDP save tied weights twice (lm_head, the embedding)
         assert any(torch.equal(ours[extra], value) for value in ours.values() if value is not ours[extra])
     for name, value in theirs.items():
         torch.testing.assert_close(ours[name].float(), value.float(), rtol=rtol, atol=1e-6)
@@ -155,39 +173,38 @@ def _assert_trains_as_ddp(run: Path, reference: Path, rtol: float = 1e-4) -> Non
     assert Path(records(run)[-1]["best_checkpoint"]).name == Path(records(reference)[-1]["best_checkpoint"]).name
 
 
+@pytest.mark.parametrize("engine", ["zero3", "fsdp"])
 @pytest.mark.parametrize("method", list(ADAPTER_RANK))
-def test_deepspeed_zero3_trains_as_ddp_and_its_checkpoint_evaluates(method, ddp_runs, tiny_neo, data_dir, tmp_path):
-    args = flags(tiny_neo, data_dir, **(SHARDED_RUN | {"peft_type": method} | ADAPTER_RANK[method]))
-    run = _train(tmp_path / "zero3", [*args, f"--ds_config={ROOT / 'ds_configs' / 'zero3.json'}"], processes=2)
+def test_a_sharded_engine_trains_as_ddp_and_its_checkpoint_evaluates(
+    engine, method, ddp_runs, tiny_neo, data_dir, tmp_path
+):
+    run = _sharded_run(engine, method, tiny_neo, data_dir, tmp_path / engine)
     _assert_trains_as_ddp(run, ddp_runs[method])
     scores = {}
-    for name, trained in (("zero3", run), ("ddp", ddp_runs[method])):
+    for name, trained in ((engine, run), ("ddp", ddp_runs[method])):
         evaluation = ["eval", f"--ckpt={trained / 'checkpoint-3'}", "--dataset=boolq", "--eval_mode=loglik",
                       "--max_eval_samples=4", f"--data_dir={data_dir}", f"--output_dir={tmp_path / name}"]  # fmt: skip
-        result = __import__("subprocess").run([sys.executable, "-m", "peftbench.cli", *evaluation],
-                                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        result = subprocess.run([sys.executable, "-m", "peftbench.cli", *evaluation], capture_output=True, text=True,
+                                timeout=600)  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
         predictions = json.loads((tmp_path / name / "predictions_boolq_loglik.json").read_text())
         scores[name] = [score for p in predictions for score in p["logprobs"]]
-    assert scores["zero3"] == pytest.approx(scores["ddp"], abs=1e-4)
+    assert scores[engine] == pytest.approx(scores["ddp"], abs=1e-4)
 
 
 def test_deepspeed_zero2_trains_as_ddp(ddp_runs, tiny_neo, data_dir, tmp_path):
-    args = flags(tiny_neo, data_dir, **(SHARDED_RUN | {"peft_type": "fft"} | ADAPTER_RANK["fft"]))
-    run = _train(tmp_path / "zero2", [*args, f"--ds_config={ROOT / 'ds_configs' / 'zero2.json'}"], processes=2)
-    _assert_trains_as_ddp(run, ddp_runs["fft"])
+    _assert_trains_as_ddp(_sharded_run("zero2", "fft", tiny_neo, data_dir, tmp_path / "zero2"), ddp_runs["fft"])
 
 
-def test_a_deepspeed_zero3_run_resumes_to_the_weights_of_the_uninterrupted_run(ddp_runs, tiny_neo, data_dir, tmp_path):
-    args = [*flags(tiny_neo, data_dir, **(SHARDED_RUN | {"peft_type": "lora"} | ADAPTER_RANK["lora"])),
-            f"--ds_config={ROOT / 'ds_configs' / 'zero3.json'}"]  # fmt: skip
-    whole = _train(tmp_path / "whole", args, processes=2)
+@pytest.mark.parametrize("engine", ["zero3", "fsdp"])
+def test_a_sharded_run_resumes_to_the_weights_of_the_uninterrupted_run(engine, tiny_neo, data_dir, tmp_path):
+    whole = _sharded_run(engine, "lora", tiny_neo, data_dir, tmp_path / "whole")
     interrupted = tmp_path / "interrupted"
-    __import__("shutil").copytree(whole.parent, interrupted / "results",
-                                  ignore=__import__("shutil").ignore_patterns("checkpoint-3"))  # fmt: skip
+    shutil.copytree(whole.parent, interrupted / "results", ignore=shutil.ignore_patterns("checkpoint-3"))
     (run,) = (interrupted / "results").iterdir()
-    result = torchrun([str(ROOT / "train_hira.py"), *args, f"--resume_from_checkpoint={run / 'checkpoint-2'}"],
-                      interrupted)  # fmt: skip
+    args = flags(tiny_neo, data_dir, **(SHARDED_RUN | {"peft_type": "lora"} | ADAPTER_RANK["lora"]))
+    resume = f"--resume_from_checkpoint={run / 'checkpoint-2'}"
+    result = torchrun([str(ROOT / "train_hira.py"), *args, ENGINES[engine][0], resume], interrupted)
     assert result.returncode == 0, result.stderr[-4000:]
     assert records(run)[-2]["event"] == "resume"
     for name, value in _weights(whole, 3).items():
