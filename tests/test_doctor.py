@@ -1,0 +1,56 @@
+"""``peftbench doctor``'s checks on the CPU: each passes on a sound stack and fails where the stack is not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import peftbench.doctor as doctor
+from peftbench.doctor import FAIL, PASS, SKIP, Machine
+
+
+@pytest.fixture
+def cpu() -> Machine:
+    return Machine(torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize(
+    "check",
+    [doctor.check_packing, doctor.check_sdpa, doctor.check_loglik_batching, doctor.check_full_finetuning_update],
+)
+def test_each_check_that_runs_on_a_cpu_passes_there(check, cpu) -> None:
+    result = check(cpu)
+    assert result.status == PASS, result.line()
+    assert result.tolerance and result.figure
+
+
+def test_the_packing_check_fails_where_packed_sequences_see_each_other(cpu, monkeypatch) -> None:
+    """With a KV cache transformers ignores restarting positions: packed sequences attend to each other."""
+    build = doctor._llama
+
+    def with_cache(machine: Machine) -> torch.nn.Module:
+        model = build(machine)
+        model.config.use_cache = True
+        return model
+
+    monkeypatch.setattr(doctor, "_llama", with_cache)
+    result = doctor.check_packing(cpu)
+    assert result.status == FAIL and float(result.figure.split()[-1]) > 1e-4
+
+
+def test_the_loglik_check_fails_when_batching_changes_the_scores(cpu, monkeypatch) -> None:
+    score = doctor.score_batch
+
+    def drifting(model, pad, questions):  # noqa: ANN001, ANN202
+        scores = score(model, pad, questions)
+        for option_scores in scores:
+            option_scores.logprobs[0] += 0.1 * (len(questions) > 1)
+        return scores
+
+    monkeypatch.setattr(doctor, "score_batch", drifting)
+    assert doctor.check_loglik_batching(cpu).status == FAIL
+
+
+def test_the_memory_plan_is_skipped_on_a_cpu_with_the_reason(cpu) -> None:
+    result = doctor.check_memory_plan(cpu)
+    assert result.status == SKIP and "simulated" in result.figure
