@@ -24,6 +24,9 @@ class DeviceMemory(Protocol):
 
     def peak_bytes(self) -> int: ...
 
+    def held_bytes(self) -> int:
+        """The most the allocator has held from the device since the last reset: the peak plus fragmentation."""
+
     def release_cache(self) -> None:
         """Give cached, unused blocks back, so the next peak is measured from what is really held."""
 
@@ -41,6 +44,9 @@ class CudaMemory:
 
     def peak_bytes(self) -> int:
         return torch.cuda.max_memory_allocated(self.device)
+
+    def held_bytes(self) -> int:
+        return torch.cuda.max_memory_reserved(self.device)
 
     def release_cache(self) -> None:
         torch.cuda.empty_cache()

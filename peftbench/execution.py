@@ -41,6 +41,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from peftbench.data.prompts import IGNORE_INDEX
 from peftbench.device import DeviceMemory
 from peftbench.errors import UserError
+from peftbench.models import parameter_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,14 @@ def probe_shapes(micro_batch: int, longest: int, packing: bool) -> list[tuple[in
     return shapes
 
 
+def reserved_bytes(model: torch.nn.Module, processes: int) -> int:
+    """Training memory a forward-and-backward probe does not see: AdamW's two moments (in each trainable
+    parameter's dtype); the gradients, which the probe frees but a step's later micro-batches run beside; and
+    under DDP its gradient buckets, a second copy of them."""
+    gradients = parameter_bytes(p for p in model.parameters() if p.requires_grad)
+    return 3 * gradients + (gradients if processes > 1 else 0)
+
+
 def memory_probe(
     model: torch.nn.Module,
     memory: DeviceMemory,
@@ -156,7 +165,7 @@ def memory_probe(
     budget = MEMORY_HEADROOM * memory.total_bytes - reserved_bytes
     vocabulary = model.get_input_embeddings().num_embeddings
 
-    sequence = probe_shapes(1, longest, packing=False)[0][1]
+    sequence = _round_up(longest, PAD_MULTIPLE)
 
     def peak(rows: int, width: int) -> int | None:
         memory.release_cache()

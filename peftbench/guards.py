@@ -14,6 +14,8 @@ from pathlib import Path
 from types import FrameType
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from transformers import TrainerCallback
 
 from peftbench.models import parameter_bytes
@@ -72,7 +74,10 @@ class DiskSpaceGuard(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
         if control.should_save:
-            free = shutil.disk_usage(self.run_dir).free
+            free = [shutil.disk_usage(self.run_dir).free]
+            if PartialState().num_processes > 1:  # one decision: a save that some processes skip would hang the rest
+                broadcast_object_list(free, from_process=0)
+            free = free[0]
             if free < self.needed_bytes:
                 self.shortfall = (state.global_step, free)
                 control.should_save = False

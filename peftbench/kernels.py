@@ -46,9 +46,12 @@ class GPTNeoSdpaAttention(GPTNeoSelfAttention):
         # poison every query through 0 × NaN; letting it see everything keeps it finite and changes no real token.
         allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
         dropout = self.attn_dropout.p if self.training else 0.0
-        # GPT-Neo does not scale its scores by 1/sqrt(head_dim).
-        output = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, dropout_p=dropout, scale=1.0)
-        return output, None
+        # GPT-Neo does not scale its scores by 1/sqrt(head_dim): in fp16 they can pass 65504, which is why the
+        # eager path computes them in fp32 (bf16 has fp32's range). A kernel that materialises fp16 scores (the
+        # math backend) would overflow where eager does not.
+        inputs = (query, key, value) if query.dtype != torch.float16 else (query.float(), key.float(), value.float())
+        output = F.scaled_dot_product_attention(*inputs, attn_mask=allowed, dropout_p=dropout, scale=1.0)
+        return output.to(value.dtype), None
 
 
 def use_sdpa_attention(model: nn.Module) -> None:

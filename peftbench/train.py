@@ -36,7 +36,14 @@ from peftbench.config import RunConfig
 from peftbench.data.pipeline import build_datasets
 from peftbench.data.registry import get_dataset
 from peftbench.device import DeviceMemory, device_memory, peak_memory
-from peftbench.engines import FSDP_CONFIG, enable_fsdp_on_cpu, start_deepspeed_on_cpu, whole_model
+from peftbench.engines import (
+    configure_fsdp,
+    engine_precision,
+    fsdp_config,
+    launch_one_deepspeed_process,
+    start_deepspeed_on_cpu,
+    whole_model,
+)
 from peftbench.errors import TrainingInterrupted, UserError
 from peftbench.execution import (
     Execution,
@@ -51,6 +58,7 @@ from peftbench.execution import (
     plan_execution,
     real_tokens,
     regroup_by_length,
+    reserved_bytes,
 )
 from peftbench.guards import DiskSpaceGuard, DivergenceGuard, InterruptSaver
 from peftbench.kernels import kernel_names
@@ -61,7 +69,6 @@ from peftbench.models import (
     count_parameters,
     load_base_model,
     load_tokenizer,
-    parameter_bytes,
     resolve_model_path,
 )
 from peftbench.protocols import get_protocol
@@ -132,7 +139,7 @@ class GroupedStepTrainer(TokenWeightedTrainer):
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
-        enable_fsdp_on_cpu(self)
+        configure_fsdp(self)
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):  # noqa: ANN001, ANN201
         batches, label_tokens = super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -194,7 +201,7 @@ def training_arguments(
         logging_nan_inf_filter=False,  # a NaN loss must reach DivergenceGuard, not be averaged away
         deepspeed=config.ds_config,
         fsdp=config.fsdp,
-        fsdp_config=FSDP_CONFIG if config.fsdp else None,
+        fsdp_config=fsdp_config() if config.fsdp else None,
         seed=config.seed,
         data_seed=config.seed,
         label_names=["labels"],
@@ -217,6 +224,7 @@ def train(config: RunConfig) -> TrainResult:
     train_data, validation_data, data_info = data.train, data.validation, data.info
 
     literal = plan_execution("spec", config.batch, config.grad_acc, config.enable_grad_ckpt, fits=None)
+    launch_one_deepspeed_process(config.ds_config)
     evaluate = validation_data is not None
     args = training_arguments(config, literal, precision.bf16, precision.fp16, evaluate)
     args.device  # noqa: B018 -- sets up the process group (torchrun / accelerate launch) behind distributed_state
@@ -234,8 +242,7 @@ def train(config: RunConfig) -> TrainResult:
     parameters = count_parameters(model)
     label_logits_only = logits_at_labels_only(model)
     compute = {**kernel_names(model), "logits": "label positions" if label_logits_only else "all"}
-    with whole_model(model):
-        packing = _packs(config, model)
+    packing = _packs(config, model)
     probe = _memory_probe(config, method, model, precision, processes, memory, data_info["longest_sequence"], packing)
     execution = _plan_execution(config, probe, packing, processes)
     if memory is not None:
@@ -270,7 +277,8 @@ def train(config: RunConfig) -> TrainResult:
                     "config": dataclasses.asdict(config),
                     "model_path": model_path,
                     "precision": precision.name,
-                    "precision_policy": precision.policy(model),
+                    "precision_policy": precision.policy(model)
+                    | engine_precision(config.ds_config, precision.autocast),
                     "parameters": parameters,
                     "data": data_info,
                     "processes": processes.num_processes,
@@ -357,10 +365,7 @@ def _memory_probe(
     if memory is None or config.micro_batch != "auto" or config.sharded_engine is not None:
         return None
     model.to(processes.device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    gradient_bytes = parameter_bytes(trainable)
-    # AdamW's two moments, in each parameter's dtype; DDP's gradient buckets, a second copy of the gradients.
-    reserved = 2 * gradient_bytes + (gradient_bytes if processes.num_processes > 1 else 0)
+    reserved = reserved_bytes(model, processes.num_processes)
     probe = memory_probe(model, memory, longest, packing, reserved, precision.autocast)
     can_checkpoint = "enable_grad_ckpt" not in method.refuses  # prefix tuning cannot
 
@@ -384,7 +389,9 @@ def _packs(config: RunConfig, model: torch.nn.Module) -> bool:
     impossible is an error, not a silent fallback."""
     if config.packing is False or config.micro_batch == "spec":  # spec: the flags literally
         return False
-    if keeps_packed_sequences_apart(model):
+    with whole_model(model):  # under ZeRO-3 every process holds the whole model meanwhile
+        apart = keeps_packed_sequences_apart(model)
+    if apart:
         return True
     if config.packing:
         raise UserError(

@@ -71,5 +71,8 @@ class SimulatedGPU:
         self.peaks_read.append(self.peak)
         return self.peak
 
+    def held_bytes(self) -> int:
+        return self.peak  # no fragmentation
+
     def release_cache(self) -> None:
         pass

@@ -228,3 +228,20 @@ class _ShiftsPackedPositions(torch.nn.Module):
 def test_a_model_that_moves_packed_sequences_positions_is_not_packed(tiny_neo: Path) -> None:
     neo = load_base_model(str(tiny_neo), torch.float32)  # learned absolute positions
     assert keeps_packed_sequences_apart(neo) and not keeps_packed_sequences_apart(_ShiftsPackedPositions(neo))
+
+
+def test_sdpa_attention_in_fp16_computes_gpt_neos_unscaled_scores_in_fp32_as_eager_does() -> None:
+    """GPT-Neo's scores are not divided by sqrt(head_dim): in fp16 they pass 65504, and eager computes them in fp32.
+    (On a CPU the math kernel accumulates in fp32 either way; a GPU kernel that materialises fp16 scores does not.)"""
+    eager, ours = _neo_pair(256)
+    for model in (eager, ours):
+        for layer in model.transformer.h:
+            layer.attn.attention.q_proj.weight.data.mul_(300)  # scores of about 1e5, beyond fp16's 65504
+        model.half().eval()
+    ids, mask = _right_padded([12, 7])
+    with torch.no_grad():
+        expected = eager(input_ids=ids, attention_mask=mask).logits.float()
+        got = ours(input_ids=ids, attention_mask=mask).logits.float()
+    real = mask.bool()
+    assert torch.isfinite(expected[real]).all() and torch.isfinite(got[real]).all()
+    torch.testing.assert_close(got[real], expected[real], rtol=2e-2, atol=2e-2)

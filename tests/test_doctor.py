@@ -54,3 +54,18 @@ def test_the_loglik_check_fails_when_batching_changes_the_scores(cpu, monkeypatc
 def test_the_memory_plan_is_skipped_on_a_cpu_with_the_reason(cpu) -> None:
     result = doctor.check_memory_plan(cpu)
     assert result.status == SKIP and "simulated" in result.figure
+
+
+def test_the_memory_plan_check_runs_its_plan_and_two_real_steps_on_a_simulated_gpu(monkeypatch) -> None:
+    from simulated_gpu import SimulatedGPU
+    from transformers import GPTNeoConfig
+
+    tiny = GPTNeoConfig(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, max_position_embeddings=512,
+                        attention_types=[[["global", "local"], 1]], window_size=256)  # fmt: skip
+    monkeypatch.setattr(doctor, "_gpt_neo", lambda layers: tiny)
+    gpu = SimulatedGPU(total_bytes=40 * 2**20)  # activations of about 16 sequences of 256 tokens fit
+    monkeypatch.setattr(doctor, "device_memory", lambda device: gpu)
+    with gpu:
+        result = doctor.check_memory_plan(Machine(torch.device("cpu"), torch.bfloat16))
+    assert result.status == PASS, result.line()
+    assert 1 <= result.values["micro_batch"] < 256 and result.values["real_bytes"] <= result.values["planned_bytes"]

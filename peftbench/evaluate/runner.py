@@ -171,10 +171,9 @@ SCORERS = {"generate": (_generate, ""), "loglik": (_loglik, "_loglik")}
 
 
 # What an evaluation's outcome depends on, besides the data: a finished result that differs in any is redone.
-# The precision too: full fine-tuning evaluated in bf16 (before fp32 evaluation) is redone.
-MODEL_IDENTITY = (
-    *("ckpt", "model_name", "peft_type", "model_fingerprint", "base_fingerprint", "prompt_template", "precision"),
-)
+# The precision too: full fine-tuning evaluated in bf16 storage (before fp32 weights under autocast) is redone.
+MODEL_IDENTITY = ("ckpt", "model_name", "peft_type", "model_fingerprint", "base_fingerprint", "prompt_template",
+                  "precision", "autocast")  # fmt: skip
 DECODING_SETTINGS = ("eval_mode", "beam_size", "max_new_tokens", "load_bit", "protocol")
 SAMPLE_SETTINGS = ("max_eval_samples", "seed")
 
