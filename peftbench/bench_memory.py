@@ -32,10 +32,11 @@ from peftbench.errors import UserError
 from peftbench.execution import label_positions, label_token_loss, logits_at_labels_only
 from peftbench.kernels import use_fused_gelu, use_sdpa_attention
 from peftbench.methods import get_method
-from peftbench.presets import PAPER
 from peftbench.reproduce import Study
+from peftbench.studies import load_study
 
 logger = logging.getLogger(__name__)
+PAPER = load_study("paper")
 # transformers' way of computing the loss, then each of ours added in turn: (name, the change it makes).
 STAGES: tuple[tuple[str, Callable[[nn.Module], None] | None], ...] = (
     ("transformers: eager attention, gelu_new, all logits", None),

@@ -33,12 +33,13 @@ from peftbench.data.sources import load_test_examples
 from peftbench.errors import UserError
 from peftbench.evaluate.runner import evaluate
 from peftbench.models import load_tokenizer, resolve_model_path
-from peftbench.presets import PAPER
 from peftbench.reproduce import Study
 from peftbench.runs import environment_record, read_records
+from peftbench.studies import load_study
 from peftbench.train import train
 
 # Commonsense-170K, the specification's training set (LLM-Adapters' commonsense_170k.json), less validation.
+PAPER = load_study("paper")
 PAPER_TRAIN_EXAMPLES = 170_000 - 120
 EXECUTIONS = ("auto", "spec")
 # bench trainer's ways through `peftbench train`: literal, the default without packing, the default.
@@ -76,7 +77,7 @@ def model_folder(bench: ProtocolBench, folder: Path) -> str:
 
 def training_rate(bench: ProtocolBench, model: str, peft_type: str, execution: str, out: Path) -> dict[str, Any]:
     """Samples/s of the paper preset's command for this method, steps after the first."""
-    study = Study(PAPER, out, (36,), bench.data_dir)
+    study = Study(PAPER, out, (36,), bench.data_dir, tuple(PAPER.all_plans.values()))
     settings = study.train_settings(36, peft_type) | {"model_name": model, "resume": False, "micro_batch": execution}
     flags = RunConfig(**settings)  # the preset's flags with the protocol's defaults filled in
     per_step = flags.batch * flags.grad_acc

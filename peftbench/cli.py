@@ -23,6 +23,7 @@ from typing import Any
 
 from peftbench.config import BenchSettings, EvalConfig, RunConfig, default_data_dir
 from peftbench.errors import TrainingInterrupted, UserError
+from peftbench.tracking import TRACKERS
 
 _SCALARS = (bool, int, float, str)
 
@@ -156,24 +157,104 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> None:
-    from peftbench.presets import get_preset
-    from peftbench.reproduce import Study, describe, reproduce, seeds_for
+    from peftbench.executors import FINISHED, run_study
+    from peftbench.reproduce import Study, check_device, describe, seeds_for
     from peftbench.results_page import rewrite_page, write_results
+    from peftbench.studies import SHIPPED, load_study
 
-    preset = get_preset(args.preset)
-    page = Path(args.page or f"docs/results/{preset.name}.md")
+    if args.study is not None and args.preset is not None:
+        raise UserError(f"give the study once: {args.study} or --preset {args.preset}")
+    design = load_study(args.study or args.preset or "cpu-small")
+    shipped = Path(design.source).parent == SHIPPED
+    out, data_dir = Path(args.out or f"reproduce_{design.name}"), args.data_dir
+    if args.executor != "local":  # the steps run in other working directories, maybe on other nodes
+        out, data_dir = out.resolve(), ",".join(str(Path(d).resolve()) for d in data_dir.split(","))
+    page = Path(args.page or (f"docs/results/{design.name}.md" if shipped else out / f"{design.name}.md"))
     if args.render_only:
         print(f"results page: {rewrite_page(page, args.note)}")
         return
-    methods = preset.choose_methods(args.methods)
-    study = Study(preset, Path(args.out or f"reproduce_{preset.name}"), seeds_for(args.seeds), args.data_dir, methods)
+    design = design.with_overrides(args.model_name, args.max_train_samples, args.max_eval_samples, args.datasets,
+                                   args.eval_modes)  # fmt: skip
+    seeds = seeds_for(design.seeds if args.seeds is None else args.seeds)
+    study = Study(design, out, seeds, data_dir, design.choose_methods(args.methods), args.report_to)
     if args.dry_run:
         print(describe(study))
         return
-    wall_time = reproduce(study)
-    command = ["peftbench", "reproduce", "--preset", preset.name, "--seeds", str(args.seeds)]
-    command += ["--methods", args.methods] if args.methods else []
-    print(f"results page: {write_results(study, page, shlex.join(command), wall_time, args.note)}")
+    executor = _study_executor(args, design)
+    if args.executor == "local" and not args.gpus:
+        check_device(design)
+    command = shlex.join(["peftbench", "reproduce", *sys.argv[2:]]) if sys.argv[1:2] == ["reproduce"] else ""
+    outcomes, wall_time = run_study(study, executor, command or "the same peftbench reproduce command")
+    unfinished = [o for o in outcomes if o.state not in (FINISHED, "finished before")]
+    if unfinished:
+        raise UserError(f"{len(unfinished)} of {len(outcomes)} steps did not finish (summary above); no results page")
+    print(f"results page: {write_results(study, page, command, wall_time, args.note)}")
+
+
+def _study_executor(args: argparse.Namespace, design: Any) -> Any:
+    """The executor the flags choose, with the study file's Slurm settings under the flags'."""
+    if args.executor == "ray":
+        from peftbench.executors.ray_cluster import RayExecutor
+
+        return RayExecutor(args.ray_address, args.workers)
+    if args.executor == "slurm":
+        from peftbench.executors.slurm import SlurmExecutor
+
+        given = {"partition": args.slurm_partition, "time_min": args.slurm_time_min,
+                 "gpus_per_job": args.slurm_gpus_per_job}  # fmt: skip
+        settings = dataclasses.replace(design.slurm, **{k: v for k, v in given.items() if v is not None})
+        if args.slurm_sbatch:
+            settings = dataclasses.replace(settings, sbatch=(*settings.sbatch, *args.slurm_sbatch))
+        return SlurmExecutor(settings, args.slurm_cluster, args.workers)
+    from peftbench.executors.local import LocalExecutor
+
+    gpus = [gpu.strip() for gpu in args.gpus.split(",") if gpu.strip()] if args.gpus else []
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    return LocalExecutor(args.workers or 1, gpus)
+
+
+def _add_reproduce(commands: Any) -> None:
+    reproduce = commands.add_parser(
+        "reproduce", help="a whole study: zero-shot and every method trained, evaluated, analysed; a results page"
+    )
+    shipped = "a study file, or a shipped study: cpu-small (default), paper, hira-llama2-7b, hira-llama3-8b"
+    reproduce.add_argument("study", nargs="?", default=None, help=shipped)
+    reproduce.add_argument("--preset", default=None, help="the same as the study argument (a shipped study's name)")
+    reproduce.add_argument("--seeds", type=int, default=None, help="train over this many seeds (36, 37, ...)")
+    reproduce.add_argument("--methods", default=None, help="comma-separated methods of the study (default: its own)")
+    overrides = reproduce.add_argument_group("overrides of the study file (a smoke test in one line)")
+    overrides.add_argument("--model_name", default=None)
+    overrides.add_argument("--max_train_samples", type=int, default=None)
+    overrides.add_argument("--max_eval_samples", type=int, default=None)
+    overrides.add_argument("--datasets", default=None, help="benchmarks: a name, a comma-separated list, or all")
+    overrides.add_argument("--eval_modes", default=None, help="comma-separated: generate, loglik")
+    reproduce.add_argument("--report_to", default="none", choices=TRACKERS,
+                           help="tracker for training runs and their evaluations (the Trainer's)")  # fmt: skip
+    reproduce.add_argument("--out", default=None, help="study folder; default reproduce_<study>")
+    reproduce.add_argument("--page", default=None, help="results page; default docs/results/<study>.md")
+    reproduce.add_argument("--dry_run", action="store_true", help="print the plan and its commands; run nothing")
+    reproduce.add_argument(
+        "--render_only", action="store_true", help="rewrite the page and plots from its summary.json; run nothing"
+    )
+    reproduce.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="a sentence the page shows under its title (repeatable); with --render_only, replaces the summary's notes",
+    )
+    engines = reproduce.add_argument_group("where the steps run")
+    engines.add_argument("--executor", default="local", choices=("local", "ray", "slurm"))
+    engines.add_argument("--workers", type=int, default=None, help="steps at once (local; Ray's local CPUs)")
+    engines.add_argument("--gpus", default=None, help="local: one step per GPU at once, e.g. 0,1,2,3")
+    engines.add_argument("--ray_address", default=None, help="join this Ray cluster (default: a local one)")
+    engines.add_argument("--slurm_cluster", default="slurm", help="slurm, or local (submitit's local executor)")
+    engines.add_argument("--slurm_partition", default=None)
+    engines.add_argument("--slurm_time_min", type=int, default=None, help="time limit of each job")
+    engines.add_argument("--slurm_gpus_per_job", type=int, default=None)
+    engines.add_argument("--slurm_sbatch", action="append", default=[], help="an sbatch option, e.g. --account=abc")
+    _add_data_dir(reproduce)
+    reproduce.set_defaults(action=_reproduce)
 
 
 def _bench_train(args: argparse.Namespace) -> None:
@@ -325,28 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--out", default="bench_memory.json", help="JSON report ('' for none)")
     memory.set_defaults(action=_bench_memory)
 
-    reproduce = commands.add_parser(
-        "reproduce", help="a whole study: zero-shot and every method trained, evaluated, analysed; a results page"
-    )
-    reproduce.add_argument("--preset", default="cpu-small", help="cpu-small (embedded model, CPU) or paper (GPU)")
-    reproduce.add_argument("--seeds", type=int, default=1, help="repeat training over this many seeds (36, 37, ...)")
-    reproduce.add_argument(
-        "--methods", default=None, help="comma-separated methods to study (default: the preset's; README, 'Methods')"
-    )
-    reproduce.add_argument("--out", default=None, help="study folder; default reproduce_<preset>")
-    reproduce.add_argument("--page", default=None, help="results page; default docs/results/<preset>.md")
-    reproduce.add_argument("--dry_run", action="store_true", help="print the plan and its commands; run nothing")
-    reproduce.add_argument(
-        "--render_only", action="store_true", help="rewrite the page and plots from its summary.json; run nothing"
-    )
-    reproduce.add_argument(
-        "--note",
-        action="append",
-        default=[],
-        help="a sentence the page shows under its title (repeatable); with --render_only, replaces the summary's notes",
-    )
-    _add_data_dir(reproduce)
-    reproduce.set_defaults(action=_reproduce)
+    _add_reproduce(commands)
 
     demo = commands.add_parser("demo", help="offline demo: HiRA on the embedded model, evaluate, table")
     demo.add_argument("--out", default="demo_results")

@@ -21,6 +21,7 @@ from peftbench.execution import check_micro_batch
 from peftbench.methods import METHOD_FLAGS, METHODS, Method, get_method
 from peftbench.methods.common import AdapterSettings
 from peftbench.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
+from peftbench.tracking import TRACKERS, check_tracker
 
 ZERO_SHOT = "zero-shot"  # the method label of a base model evaluated without training
 EVAL_STRATEGIES = ("no", "steps", "epoch")
@@ -171,6 +172,10 @@ class RunConfig:
             "'full_shard auto_wrap' (README, 'Scaling')."
         ),
     )
+    report_to: str = field(
+        default="none",
+        metadata=_help("Experiment tracker the run logs to (the Trainer's; README, 'Studies').", choices=TRACKERS),
+    )
     data_dir: str = field(
         default_factory=default_data_dir,
         metadata=_help("Comma-separated folders holding <dataset>/{train,test}.json (env PEFTBENCH_DATA_DIR)."),
@@ -178,6 +183,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.peft_type = self.peft_type.lower()
+        check_tracker(self.report_to)
         method = get_method(self.peft_type)
         _reject_foreign_flags(self, method)
         self._fill_defaults(method)
@@ -308,10 +314,15 @@ class EvalConfig:
         default="error",
         metadata=_help("Test records that would be mislabelled: error or skip.", choices=BAD_RECORD_MODES),
     )
+    report_to: str = field(
+        default="none",
+        metadata=_help("Log the accuracies to the tracker run of the checkpoint's training run.", choices=TRACKERS),
+    )
     data_dir: str = field(default_factory=default_data_dir, metadata=_help("As for training."))
 
     def __post_init__(self) -> None:
         resolve_names(self.dataset)
+        check_tracker(self.report_to)
         if self.eval_mode not in EVAL_MODES:
             raise UserError(f"--eval_mode must be one of {', '.join(EVAL_MODES)}, got {self.eval_mode!r}")
         if (self.ckpt is None) == (self.model_name is None):

@@ -31,10 +31,10 @@ from peftbench.config import ZERO_SHOT, RunConfig
 from peftbench.errors import UserError
 from peftbench.methods import get_method
 from peftbench.plots import accuracy_bars, loss_curves
-from peftbench.presets import EvalPlan
 from peftbench.reproduce import Study
 from peftbench.runs import RUN_RECORD, environment_record, find_finished_run, read_records
 from peftbench.stats import holm
+from peftbench.studies import EvalPlan, MethodPlan
 
 SUMMARY_FILE = "summary.json"
 MEMORY_MEASURES = {"peak_rss_gb": "peak resident memory (CPU)", "peak_gpu_mem_gb": "GPU max allocated"}
@@ -44,19 +44,19 @@ MEMORY_MEASURES = {"peak_rss_gb": "peak resident memory (CPU)", "peak_gpu_mem_gb
 
 
 def build_summary(study: Study, command: str, wall_time_s: float, notes: Sequence[str] = ()) -> dict[str, Any]:
-    preset = study.preset
+    design = study.design
     return {
-        "preset": preset.name,
-        "description": preset.summary,
+        "preset": design.name,
+        "description": design.summary,
         "command": command,
         "date": time.strftime("%Y-%m-%d"),
         "environment": {**environment_record(), **_machine()},
-        "model": preset.model_name,
-        "dataset": preset.dataset,
+        "model": design.model_name,
+        "dataset": design.dataset,
         "seeds": list(study.seeds),
-        "train_settings": preset.train_settings,
-        "methods": [_method_summary(study, plan.peft_type, plan.lr, plan.lr_source) for plan in study.plans],
-        "evaluations": [_evaluation_summary(study, plan) for plan in preset.evaluations],
+        "train_settings": design.train_settings,
+        "methods": [_method_summary(study, plan) for plan in study.plans],
+        "evaluations": [_evaluation_summary(study, plan) for plan in design.evaluations],
         "wall_time_s": round(wall_time_s, 1),
         "notes": list(notes),  # what the person who ran it knows and the records cannot: --note
     }
@@ -68,19 +68,20 @@ def _machine() -> dict[str, Any]:
     return {"device": f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"}
 
 
-def _method_summary(study: Study, peft_type: str, lr: float, lr_source: str) -> dict[str, Any]:
+def _method_summary(study: Study, plan: MethodPlan) -> dict[str, Any]:
     return {
-        "method": peft_type,
-        "lr": lr,
-        "lr_source": lr_source,
-        "runs": [_run_summary(study, seed, peft_type) for seed in study.seeds],
+        "method": plan.name,
+        "peft_type": plan.peft_type,
+        "lr": plan.lr,
+        "lr_source": plan.lr_source,
+        "runs": [_run_summary(study, seed, plan.name) for seed in study.seeds],
     }
 
 
-def _run_summary(study: Study, seed: int, peft_type: str) -> dict[str, Any]:
-    run_dir = find_finished_run(RunConfig(**study.train_settings(seed, peft_type)))
+def _run_summary(study: Study, seed: int, name: str) -> dict[str, Any]:
+    run_dir = find_finished_run(RunConfig(**study.train_settings(seed, name)))
     if run_dir is None:
-        raise UserError(f"no finished {peft_type} run for seed {seed} in {study.results_folder(seed, peft_type)}")
+        raise UserError(f"no finished {name} run for seed {seed} in {study.results_folder(seed, name)}")
     records = read_records(run_dir / RUN_RECORD)
     end = [r for r in records if r.get("event") == "train_end"][-1]
     history = json.loads((run_dir / "trainer_state.json").read_text(encoding="utf-8"))["log_history"]
@@ -298,7 +299,8 @@ def _run_revisions(summary: dict[str, Any]) -> list[str]:
 
 def base_parameters(summary: dict[str, Any]) -> int:
     """Parameters of the base model: an adapter run's total counts its adapter too."""
-    run, method = summary["methods"][0]["runs"][0], summary["methods"][0]["method"]
+    first = summary["methods"][0]
+    run, method = first["runs"][0], first.get("peft_type", first["method"])  # summaries before study files: the name
     return run["total_params"] if get_method(method).full_finetune else run["total_params"] - run["trainable_params"]
 
 

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 RUN_RECORD = "output.jsonl"
 # May differ between a run and its resumption (the micro-batch changes how a step runs, not what it computes).
-RESUME_FIELDS = ("resume", "resume_from_checkpoint", "micro_batch")
+RESUME_FIELDS = ("resume", "resume_from_checkpoint", "micro_batch", "report_to")
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
@@ -133,6 +133,7 @@ def environment_record() -> dict[str, Any]:
         "peft": peft.__version__,
         "git_revision": _git_revision(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # the GPUs a study's executor gave it
     }
 
 
@@ -171,7 +172,9 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in RESUME_FIELDS}
+    """A saved configuration as this version would write it: a field added since takes its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+    return {k: v for k, v in {**defaults, **config}.items() if k not in RESUME_FIELDS}
 
 
 @dataclass(frozen=True)

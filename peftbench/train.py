@@ -73,6 +73,7 @@ from peftbench.models import (
 )
 from peftbench.protocols import get_protocol
 from peftbench.runs import RUN_RECORD, append_record, choose_run_folder, environment_record
+from peftbench.tracking import start_training_run
 from peftbench.validation import AnswerLabelCollator, TokenWeightedTrainer, option_accuracy
 
 # --select_checkpoint -> the validation metric the best checkpoint is chosen by (lower is better, but accuracy).
@@ -262,12 +263,15 @@ def train(config: RunConfig) -> TrainResult:
     target = choose_run_folder(config, processes)
     run_dir, record_path = target.run_dir, target.run_dir / RUN_RECORD
     args.output_dir = str(run_dir)  # known only now: process 0 names it once the processes can talk
+    report_to, tracker_callbacks, tracking = start_training_run(config.report_to, run_dir)
+    args.report_to = [] if report_to == "none" else [report_to]
     if target.checkpoint is not None and method.resume_limit is not None:
         raise UserError(f"{method.name} cannot resume: {method.resume_limit}; train again without --resume")
     if processes.is_main_process:
         if target.resumed:
             resumed_from = str(target.checkpoint) if target.checkpoint else "the start (no complete checkpoint)"
-            resume = {"event": "resume", "from": resumed_from, "execution": execution.record(), "compute": compute}
+            resume = {"event": "resume", "from": resumed_from, "execution": execution.record(), "compute": compute,
+                      "tracking": tracking}  # fmt: skip
             append_record(record_path, {**resume, "environment": environment_record()})
             logger.info("resuming %s from %s", run_dir, resumed_from)
         else:
@@ -284,6 +288,7 @@ def train(config: RunConfig) -> TrainResult:
                     "processes": processes.num_processes,
                     "execution": execution.record(),
                     "compute": compute,
+                    "tracking": tracking,
                     "environment": environment_record(),
                 },
             )
@@ -300,7 +305,14 @@ def train(config: RunConfig) -> TrainResult:
         eval_dataset=validation_data,
         data_collator=AnswerLabelCollator(tokenizer, padding=True, pad_to_multiple_of=8),
         processing_class=tokenizer,
-        callbacks=[RunStatsCallback(memory), interrupt, divergence, disk, MethodSchedule(method, total_steps)],
+        callbacks=[
+            RunStatsCallback(memory),
+            interrupt,
+            divergence,
+            disk,
+            MethodSchedule(method, total_steps),
+            *tracker_callbacks,
+        ],  # fmt: skip
         accuracy=_validation_accuracy(config, tokenizer, data.validation_examples),
         compute_loss_func=label_token_loss if label_logits_only else None,
         penalty_share=method.penalty_share,

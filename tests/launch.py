@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,3 +54,27 @@ def records(run_dir: Path) -> list[dict]:
 def losses(run_dir: Path, step: int) -> list[tuple[int, float]]:
     history = json.loads((run_dir / f"checkpoint-{step}" / "trainer_state.json").read_text())["log_history"]
     return [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
+
+
+class InProcess:
+    """An executor that runs each step's command in this process, one after another: the fast tests' way."""
+
+    def __init__(self, execute: object = None) -> None:
+        from peftbench import cli
+
+        self.execute = execute or cli.main
+
+    def run(self, steps, logs, done):  # noqa: ANN001, ANN201
+        from peftbench.executors import FINISHED, ended, log_path, not_run
+
+        outcomes = {}
+        for step in steps:  # in dependency order
+            failed = [n for n in step.needs if n in outcomes and outcomes[n].state != FINISHED]
+            if failed:
+                outcomes[step.id] = not_run(step, failed)
+            else:
+                began = time.perf_counter()
+                status = self.execute(list(step.argv))
+                outcomes[step.id] = ended(step, status, time.perf_counter() - began, log_path(logs, step))
+            done(outcomes[step.id])
+        return list(outcomes.values())

@@ -8,17 +8,21 @@ import time
 from pathlib import Path
 
 import pytest
+from launch import InProcess
 
 from peftbench import cli
 from peftbench.analyze import to_markdown
 from peftbench.config import RunConfig
-from peftbench.errors import TrainingInterrupted, UserError
+from peftbench.errors import UserError
+from peftbench.executors import FAILED, FINISHED, NOT_RUN, run_study
 from peftbench.methods import METHODS
-from peftbench.presets import CPU_SMALL, PAPER, EvalPlan, Preset
-from peftbench.reproduce import STUDY_TIME_FILE, Study, describe, reproduce, run_steps, seeds_for
+from peftbench.reproduce import STUDY_TIME_FILE, Study, describe, seeds_for
 from peftbench.results_page import SUMMARY_FILE, accuracy_rows, render_page, verdict, write_results
 from peftbench.runs import read_records
 from peftbench.stats import holm
+from peftbench.studies import EvalPlan, StudyDesign, load_study
+
+CPU_SMALL, PAPER = load_study("cpu-small"), load_study("paper")
 
 
 def test_every_training_command_rebuilds_its_configuration(tmp_path: Path, data_dir: str) -> None:
@@ -55,7 +59,7 @@ def test_methods_chooses_any_baselines_with_their_rates(capsys: pytest.CaptureFi
     paper = Study(PAPER, Path("study"), (36,), data_dir, PAPER.choose_methods("vera,lokr"))
     vera, lokr = (step.run_config for step in paper.steps() if step.run_config is not None)
     assert (vera.r_ab, lokr.r_ab, lokr.grad_acc) == (256, 64, 32)  # VeRA keeps its own rank
-    with pytest.raises(UserError, match="no learning rate for nope in preset cpu-small"):
+    with pytest.raises(UserError, match="no learning rate for nope in study cpu-small"):
         CPU_SMALL.choose_methods("lora,nope")
 
 
@@ -81,16 +85,8 @@ def test_paper_preset_prints_the_specification_protocol(capsys: pytest.CaptureFi
 def test_paper_preset_without_a_gpu_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["reproduce", "--preset", "paper"]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("error: preset paper needs a CUDA GPU") and "\n" not in error
+    assert error.startswith("error: study paper needs a CUDA GPU") and "\n" not in error
     assert cli.main(["reproduce", "--seeds", "0", "--dry_run"]) == 2
-
-
-@pytest.mark.parametrize(("status", "error"), [(130, TrainingInterrupted), (1, UserError)])
-def test_a_failed_step_stops_the_study(tmp_path: Path, data_dir: str, status: int, error: type) -> None:
-    calls = []
-    with pytest.raises(error, match="zero-shot evaluation"):
-        run_steps(Study(CPU_SMALL, tmp_path, (36,), data_dir), lambda argv: calls.append(argv) or status)
-    assert len(calls) == 1
 
 
 def test_each_finished_step_adds_its_time_to_the_study_before_the_next_starts(tmp_path: Path, data_dir: str) -> None:
@@ -100,13 +96,16 @@ def test_each_finished_step_adds_its_time_to_the_study_before_the_next_starts(tm
         if (tmp_path / STUDY_TIME_FILE).exists():
             on_disk.append(json.loads((tmp_path / STUDY_TIME_FILE).read_text())["wall_time_s"])
         time.sleep(0.3)
-        return 1 if len(on_disk) == 2 else 0  # the third step fails
+        return 1 if len(on_disk) == 2 else 0  # the third step fails; the others go on
 
-    with pytest.raises(UserError):
-        reproduce(Study(CPU_SMALL, tmp_path, (36,), data_dir), execute=step)
+    design = CPU_SMALL.with_overrides(eval_modes="loglik")
+    outcomes, total = run_study(
+        Study(design, tmp_path, (36,), data_dir, design.choose_methods("lora")), InProcess(step), ""
+    )
+    assert [o.state for o in outcomes] == [FINISHED, FINISHED, FAILED, NOT_RUN]  # zero-shot, train, eval, analysis
     # A study killed during its third step keeps the first two steps' time.
-    assert on_disk == [pytest.approx(0.3, abs=0.1), pytest.approx(0.6, abs=0.1)]
-    assert json.loads((tmp_path / STUDY_TIME_FILE).read_text())["wall_time_s"] == pytest.approx(0.9, abs=0.1)
+    assert on_disk[:2] == [pytest.approx(0.3, abs=0.1), pytest.approx(0.6, abs=0.1)]
+    assert json.loads((tmp_path / STUDY_TIME_FILE).read_text())["wall_time_s"] == pytest.approx(total, abs=0.1)
 
 
 def test_holm_adjustment() -> None:
@@ -114,7 +113,7 @@ def test_holm_adjustment() -> None:
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
-def _tiny_preset(model: Path) -> Preset:
+def _tiny_preset(model: Path) -> StudyDesign:
     train = {"max_train_samples": 40, "val_set_size": 8, "batch": 8, "r_ab": 4, "eval_steps": 2, "logging_steps": 1,
              "target_modules": "q_proj,v_proj,down_proj", "max_length": 128, "eval_strategy": "steps"}  # fmt: skip
     methods = tuple(dataclasses.replace(m, lr=m.lr * 10) for m in CPU_SMALL.methods)
@@ -131,7 +130,7 @@ def _tiny_preset(model: Path) -> Preset:
 @pytest.fixture(scope="module")
 def tiny_study(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory, data_dir: str) -> tuple[Study, Path]:
     study = Study(_tiny_preset(tiny_llama), tmp_path_factory.mktemp("study"), (36, 37), data_dir)
-    reproduce(study, execute=cli.main)
+    run_study(study, InProcess(), "")
     page = write_results(study, study.out / "page" / "tiny.md", "peftbench reproduce --preset tiny", 1.0)
     return study, page
 
@@ -195,7 +194,7 @@ def test_a_rerun_skips_every_finished_part(tiny_study: tuple[Study, Path]) -> No
     stamps = [p.stat().st_mtime_ns for p in results]
     runs = sorted(p.parent for p in study.out.rglob("output.jsonl"))
     first_time = json.loads((study.out / STUDY_TIME_FILE).read_text())["wall_time_s"]
-    total = reproduce(study, execute=cli.main)
+    _, total = run_study(study, InProcess(), "")
     assert sorted(p.parent for p in study.out.rglob("output.jsonl")) == runs and len(runs) == 8
     assert [p.stat().st_mtime_ns for p in results] == stamps
     # The study's time adds up over invocations: the rerun's few seconds go on top of the first run's.

@@ -41,7 +41,15 @@ from peftbench.models import (
     resolve_model_path,
 )
 from peftbench.protocols import DEFAULT_PROTOCOL, get_protocol
-from peftbench.runs import environment_record, load_run_config, read_records, resolve_checkpoint, write_atomic
+from peftbench.runs import (
+    environment_record,
+    find_run_record,
+    load_run_config,
+    read_records,
+    resolve_checkpoint,
+    write_atomic,
+)
+from peftbench.tracking import log_evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +231,15 @@ def finished_result(
     return None
 
 
+def _log_to_tracker(ckpt: Path, record: dict[str, Any]) -> None:
+    """The accuracy, into the tracker run of the checkpoint's training run (as its output.jsonl records it)."""
+    tracking = read_records(find_run_record(ckpt))[0].get("tracking") or {}
+    if not tracking:
+        logger.warning("%s was trained without --report_to: its accuracies are not logged to a tracker", ckpt)
+        return
+    log_evaluation(tracking, int(ckpt.name.rsplit("-", 1)[1]), record)
+
+
 def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[str, Any]:
     spec = get_dataset(name)
     loaded_data = load_test_examples(name, config.data_dir, config.on_bad_record)
@@ -286,6 +303,8 @@ def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[s
     if processes.is_main_process:
         write_atomic(out / record["predictions_file"], json.dumps(predictions, indent=1))
         write_atomic(result_path, json.dumps(record) + "\n")  # last: its presence means the dataset is done
+        if config.report_to != "none" and config.ckpt is not None:
+            _log_to_tracker(Path(record["ckpt"]), record)
     processes.wait_for_everyone()
     logger.info(
         "%s (%s): accuracy %.4f (%d/%d) -> %s", spec.name, config.eval_mode, record["accuracy"], correct,

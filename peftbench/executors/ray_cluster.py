@@ -1,0 +1,84 @@
+"""``--executor ray``: each step a Ray task that asks for what it needs (``num_gpus=1`` for a GPU step, one CPU
+otherwise). A task is given the outcomes of the steps it needs, so Ray starts it when they have finished: the
+dependency graph is just the calls. ``--ray_address`` joins a running cluster (``ray start --head`` on one node,
+``ray start --address=...`` on the others); without it a local cluster starts for the study, listening on
+localhost only and without the dashboard, whose job API has no authentication.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from peftbench.errors import UserError
+from peftbench.executors import (
+    FINISHED,
+    NOT_RUN,
+    Outcome,
+    ended,
+    forwarded_environment,
+    log_path,
+    not_run,
+    run_command,
+)
+from peftbench.reproduce import Step
+
+
+def _run_task(step: Step, log: str, environment: dict[str, str], *needed: Outcome) -> Outcome:
+    """The task: runs the step unless a step it needs did not finish."""
+    failed = [outcome.step.id for outcome in needed if outcome.state != FINISHED]
+    if failed:
+        return not_run(step, failed)
+    began = time.perf_counter()
+    status = run_command(step.argv, log, environment)
+    return ended(step, status, time.perf_counter() - began, Path(log))
+
+
+class RayExecutor:
+    def __init__(self, address: str | None = None, cpus: int | None = None) -> None:
+        self.address, self.cpus = address, cpus
+
+    def run(self, steps: list[Step], logs: Path, done: Callable[[Outcome], None]) -> list[Outcome]:
+        try:
+            import ray
+        except ImportError:
+            raise UserError("--executor ray needs Ray: pip install 'peftbench[ray]'") from None
+        started_here = not ray.is_initialized()
+        if started_here:
+            self._connect(ray)
+        try:
+            task = ray.remote(_run_task)
+            environment = forwarded_environment()
+            references = {}
+            for step in steps:  # in dependency order: a step's needs come before it
+                needed = [references[n] for n in step.needs if n in references]
+                resources = {"num_gpus": 1 if step.gpu else 0, "num_cpus": 1, "name": step.id, "max_retries": 0}
+                references[step.id] = task.options(**resources).remote(step, str(log_path(logs, step)), environment,
+                                                                       *needed)  # fmt: skip
+            outcomes = {}
+            pending = {reference: step_id for step_id, reference in references.items()}
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                step_id = pending.pop(ready[0])
+                outcomes[step_id] = self._outcome(ray, ready[0], next(s for s in steps if s.id == step_id))
+                done(outcomes[step_id])
+            return [outcomes[step.id] for step in steps]
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _connect(self, ray) -> None:  # noqa: ANN001
+        if self.address is not None:
+            ray.init(address=self.address, log_to_driver=False)
+            return
+        # A cluster of this machine alone: on localhost, no dashboard (Ray's job and dashboard APIs have no
+        # authentication, and the dashboard listens on every interface by default).
+        ray.init(num_cpus=self.cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+
+    @staticmethod
+    def _outcome(ray, reference, step: Step) -> Outcome:  # noqa: ANN001
+        try:
+            return ray.get(reference)
+        except Exception as exc:  # the task itself died (its node lost): this step failed
+            return Outcome(step, NOT_RUN if "cancel" in str(exc).lower() else "failed", None, 0.0, str(exc)[:2000])

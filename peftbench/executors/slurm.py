@@ -1,0 +1,58 @@
+"""``--executor slurm``: each step a Slurm job through submitit, submitted once the steps it needs have finished
+(an evaluation starts when its training finishes). Partition, time limit, GPUs and CPUs per job and more sbatch
+options come from the study file's ``slurm:`` section or the flags. The driver (``peftbench reproduce``) waits for
+the jobs: run it in a terminal multiplexer or as a small job of its own; a rerun skips what finished. Logs go to
+``<study>/logs`` and submitit's to ``<study>/slurm``, on the shared filesystem. ``--slurm_cluster local`` uses
+submitit's local executor instead (a laptop, a test).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from pathlib import Path
+
+from peftbench.errors import UserError
+from peftbench.executors import Outcome, forwarded_environment, log_path, run_command, run_when_ready
+from peftbench.reproduce import Step
+from peftbench.studies import SlurmSettings
+
+CLUSTERS = ("slurm", "local")
+
+
+class SlurmExecutor:
+    def __init__(self, settings: SlurmSettings, cluster: str = "slurm", workers: int | None = None) -> None:
+        if cluster not in CLUSTERS:
+            raise UserError(f"--slurm_cluster {cluster!r}: choose one of {', '.join(CLUSTERS)}")
+        self.settings, self.cluster = settings, cluster
+        self.workers = workers or (1 if cluster == "local" else 256)  # jobs in the queue at once
+
+    def run(self, steps: list[Step], logs: Path, done: Callable[[Outcome], None]) -> list[Outcome]:
+        try:
+            import submitit
+        except ImportError:
+            raise UserError("--executor slurm needs submitit: pip install 'peftbench[slurm]'") from None
+        executor = submitit.AutoExecutor(folder=logs.parent / "slurm", cluster=self.cluster)
+        environment = forwarded_environment()
+        waiting = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="job")
+
+        def submit(step: Step) -> concurrent.futures.Future[int]:
+            executor.update_parameters(**self._parameters(step))
+            job = executor.submit(run_command, step.argv, str(log_path(logs, step)), environment)
+            return waiting.submit(job.result)
+
+        try:
+            return run_when_ready(steps, submit, logs, done)
+        finally:
+            waiting.shutdown(wait=True)
+
+    def _parameters(self, step: Step) -> dict[str, object]:
+        settings = self.settings
+        parameters: dict[str, object] = {"name": step.id, "timeout_min": settings.time_min,
+                                         "cpus_per_task": settings.cpus_per_job}  # fmt: skip
+        if step.gpu:
+            parameters["gpus_per_node"] = settings.gpus_per_job
+        if self.cluster == "slurm":
+            extra = dict(option.lstrip("-").split("=", 1) for option in settings.sbatch)
+            parameters |= {"slurm_partition": settings.partition, "slurm_additional_parameters": extra}
+        return parameters
