@@ -157,7 +157,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> None:
-    from peftbench.executors import FINISHED, run_study
+    from peftbench.executors import FINISHED, choose_executor, run_study
     from peftbench.reproduce import Study, check_device, describe, seeds_for
     from peftbench.results_page import rewrite_page, write_results
     from peftbench.studies import SHIPPED, load_study
@@ -180,7 +180,10 @@ def _reproduce(args: argparse.Namespace) -> None:
     if args.dry_run:
         print(describe(study))
         return
-    executor = _study_executor(args, design)
+    slurm = {"partition": args.slurm_partition, "time_min": args.slurm_time_min,
+             "gpus_per_job": args.slurm_gpus_per_job, "sbatch": args.slurm_sbatch}  # fmt: skip
+    executor = choose_executor(args.executor, args.workers, args.gpus, args.ray_address, design.slurm, slurm,
+                               args.slurm_cluster)  # fmt: skip
     if args.executor == "local" and not args.gpus:
         check_device(design)
     command = shlex.join(["peftbench", "reproduce", *sys.argv[2:]]) if sys.argv[1:2] == ["reproduce"] else ""
@@ -189,29 +192,6 @@ def _reproduce(args: argparse.Namespace) -> None:
     if unfinished:
         raise UserError(f"{len(unfinished)} of {len(outcomes)} steps did not finish (summary above); no results page")
     print(f"results page: {write_results(study, page, command, wall_time, args.note)}")
-
-
-def _study_executor(args: argparse.Namespace, design: Any) -> Any:
-    """The executor the flags choose, with the study file's Slurm settings under the flags'."""
-    if args.executor == "ray":
-        from peftbench.executors.ray_cluster import RayExecutor
-
-        return RayExecutor(args.ray_address, args.workers)
-    if args.executor == "slurm":
-        from peftbench.executors.slurm import SlurmExecutor
-
-        given = {"partition": args.slurm_partition, "time_min": args.slurm_time_min,
-                 "gpus_per_job": args.slurm_gpus_per_job}  # fmt: skip
-        settings = dataclasses.replace(design.slurm, **{k: v for k, v in given.items() if v is not None})
-        if args.slurm_sbatch:
-            settings = dataclasses.replace(settings, sbatch=(*settings.sbatch, *args.slurm_sbatch))
-        return SlurmExecutor(settings, args.slurm_cluster, args.workers)
-    from peftbench.executors.local import LocalExecutor
-
-    gpus = [gpu.strip() for gpu in args.gpus.split(",") if gpu.strip()] if args.gpus else []
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
-    return LocalExecutor(args.workers or 1, gpus)
 
 
 def _add_reproduce(commands: Any) -> None:
@@ -290,6 +270,15 @@ def _bench_trainer(args: argparse.Namespace) -> None:
     from peftbench.bench_protocol import bench_trainer
 
     bench_trainer(args.model, args.steps, args.data_dir, Path(args.out) if args.out else None)
+
+
+def _bench_study(args: argparse.Namespace) -> None:
+    from peftbench.bench_study import bench_study
+
+    workers = [int(n) for n in args.workers.split(",") if n.strip().isdigit() and int(n) > 0]
+    if not workers:
+        raise UserError(f"--workers {args.workers!r}: expected comma-separated positive numbers, e.g. 1,2")
+    bench_study(args.model, workers, args.data_dir, Path(args.out) if args.out else None)
 
 
 def _bench_memory(args: argparse.Namespace) -> None:
@@ -396,6 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(trainer)
     trainer.add_argument("--out", default="bench_trainer.json", help="JSON report ('' for none)")
     trainer.set_defaults(action=_bench_trainer)
+
+    study = bench.add_parser("study", help="a tiny study's wall time with 1 and N local workers, side by side")
+    study.add_argument("--model", default="smollm2-135m")
+    study.add_argument("--workers", default="1,2", help="comma-separated worker counts, the first the reference")
+    _add_data_dir(study)
+    study.add_argument("--out", default="bench_study.json", help="JSON report ('' for none)")
+    study.set_defaults(action=_bench_study)
 
     memory = bench.add_parser("memory", help="activations a training sequence keeps, by attention and loss kernel")
     memory.add_argument("--model", default="neo-1.3b", help="a GPT-Neo bench geometry or GPT-Neo model folder")

@@ -143,7 +143,7 @@ def test_a_failed_step_stops_only_what_needs_it_and_the_summary_says_how_to_go_o
         return future
 
     ended = []
-    outcomes = run_when_ready(_steps(), start, tmp_path, ended.append)
+    outcomes = run_when_ready(_steps(), start, tmp_path, ended.append, limit=2)
     states = {o.step.id: o.state for o in outcomes}
     assert states == {"a.train": FINISHED, "b.train": FAILED, "a.eval": FINISHED, "b.eval": NOT_RUN,
                       "analysis": NOT_RUN}  # fmt: skip

@@ -16,6 +16,7 @@ the others go on, and the study ends with a summary and the command that runs wh
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import graphlib
 import logging
 import os
@@ -26,11 +27,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from peftbench.errors import UserError
 from peftbench.models import use_local_files_only
 from peftbench.reproduce import Step, Study, StudyClock
 from peftbench.runs import find_finished_run
+from peftbench.studies import SlurmSettings
 
 logger = logging.getLogger(__name__)
 FINISHED, DONE_BEFORE, FAILED, NOT_RUN = "finished", "finished before", "failed", "not run"
@@ -101,26 +104,29 @@ def not_run(step: Step, failed: Sequence[str]) -> Outcome:
 
 def run_when_ready(
     steps: list[Step], start: Callable[[Step], concurrent.futures.Future[int]], logs: Path,
-    done: Callable[[Outcome], None],
+    done: Callable[[Outcome], None], limit: int,
 ) -> list[Outcome]:  # fmt: skip
-    """Start each step once the steps it needs have finished (``start`` returns a future of its exit status);
-    a step whose needs failed is not run. The executors that run steps from this process (local, submitit)."""
+    """Start each step once the steps it needs have finished, at most ``limit`` at once (``start`` returns a future
+    of its exit status); a step whose needs did not finish is not run. For the executors that run steps from this
+    process (local, submitit)."""
     by_id = {step.id: step for step in steps}
     order = graphlib.TopologicalSorter({step.id: [n for n in step.needs if n in by_id] for step in steps})
     order.prepare()
     outcomes: dict[str, Outcome] = {}
+    ready: list[Step] = []
     running: dict[concurrent.futures.Future[int], tuple[Step, float]] = {}
     while order.is_active():
-        for step_id in order.get_ready():
-            step = by_id[step_id]
+        ready += [by_id[step_id] for step_id in order.get_ready()]
+        while ready and len(running) < limit:
+            step = ready.pop(0)
             failed = [n for n in step.needs if n in outcomes and outcomes[n].state != FINISHED]
             if failed:
-                outcomes[step_id] = not_run(step, failed)
-                done(outcomes[step_id])
-                order.done(step_id)
-            else:
-                logger.info("started %s: %s", step.label, step.command)
-                running[start(step)] = (step, time.perf_counter())
+                outcomes[step.id] = not_run(step, failed)
+                done(outcomes[step.id])
+                order.done(step.id)
+                continue
+            logger.info("started %s: %s", step.label, step.command)
+            running[start(step)] = (step, time.perf_counter())
         if not running:
             continue
         finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -129,8 +135,9 @@ def run_when_ready(
             try:
                 status = future.result()
             except Exception as exc:  # the engine lost the job: a failure of this step, not of the study
-                status, detail = -1, f"{exc.__class__.__name__}: {exc}"
-                outcomes[step.id] = Outcome(step, FAILED, status, time.perf_counter() - began, detail)
+                outcomes[step.id] = Outcome(
+                    step, FAILED, -1, time.perf_counter() - began, f"{type(exc).__name__}: {exc}"
+                )
             else:
                 outcomes[step.id] = ended(step, status, time.perf_counter() - began, log_path(logs, step))
             done(outcomes[step.id])
@@ -181,3 +188,26 @@ def run_study(study: Study, executor: Executor, rerun: str) -> tuple[list[Outcom
     ordered = [by_id.get(step.id) or Outcome(step, DONE_BEFORE) for step in steps]
     print(summary(ordered, rerun), file=sys.stderr)
     return ordered, total
+
+
+def choose_executor(
+    kind: str, workers: int | None, gpus: str | None, ray_address: str | None, slurm: SlurmSettings,
+    slurm_flags: dict[str, Any], slurm_cluster: str,
+) -> Executor:  # fmt: skip
+    """The executor of ``--executor``; Slurm's settings are the study file's, overridden by the flags given."""
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if kind == "ray":
+        from peftbench.executors.ray_cluster import RayExecutor
+
+        return RayExecutor(ray_address, workers)
+    if kind == "slurm":
+        from peftbench.executors.slurm import SlurmExecutor
+
+        given = {k: v for k, v in slurm_flags.items() if v not in (None, [])}
+        settings = dataclasses.replace(slurm, **{k: v for k, v in given.items() if k != "sbatch"})
+        settings = dataclasses.replace(settings, sbatch=(*settings.sbatch, *given.get("sbatch", ())))
+        return SlurmExecutor(settings, slurm_cluster, workers)
+    from peftbench.executors.local import LocalExecutor
+
+    return LocalExecutor(workers or 1, [gpu.strip() for gpu in (gpus or "").split(",") if gpu.strip()])

@@ -28,7 +28,7 @@ class LocalExecutor:
         pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="step")
         previous = signal.signal(signal.SIGTERM, _pass_on)
         try:
-            return run_when_ready(steps, lambda step: pool.submit(self._run, step, logs), logs, done)
+            return run_when_ready(steps, lambda step: pool.submit(self._run, step, logs), logs, done, self.workers)
         except KeyboardInterrupt:
             pool.shutdown(wait=True, cancel_futures=True)
             raise TrainingInterrupted("the study was interrupted; rerun the same command to continue") from None

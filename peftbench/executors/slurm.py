@@ -24,6 +24,9 @@ class SlurmExecutor:
     def __init__(self, settings: SlurmSettings, cluster: str = "slurm", workers: int | None = None) -> None:
         if cluster not in CLUSTERS:
             raise UserError(f"--slurm_cluster {cluster!r}: choose one of {', '.join(CLUSTERS)}")
+        malformed = [option for option in settings.sbatch if not option.startswith("--") or "=" not in option]
+        if malformed:
+            raise UserError(f"sbatch option {malformed[0]!r}: write it as --name=value, e.g. --account=abc")
         self.settings, self.cluster = settings, cluster
         self.workers = workers or (1 if cluster == "local" else 256)  # jobs in the queue at once
 
@@ -42,7 +45,7 @@ class SlurmExecutor:
             return waiting.submit(job.result)
 
         try:
-            return run_when_ready(steps, submit, logs, done)
+            return run_when_ready(steps, submit, logs, done, self.workers)
         finally:
             waiting.shutdown(wait=True)
 
