@@ -1,5 +1,5 @@
 # peftbench: `make demo` (offline demo on the embedded model), `make test` (fast tests), `make test-slow` (SmolLM2),
-# `make test-distributed` (several processes),
+# `make test-distributed` (several processes), `make test-browser` (the results page in Chromium), `make docs`,
 # `make reproduce` (the cpu-small study and its results page).
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,9 +12,9 @@ DATA_DIR ?= ../shared/data/llm_adapters,../shared/data
 SEEDS ?= 1
 export PEFTBENCH_DATA_DIR := $(DATA_DIR)
 # The optional extras the tests exercise (CI installs them all): make setup EXTRAS=dev for the least.
-EXTRAS ?= dev,deepspeed,ray,slurm,tensorboard
+EXTRAS ?= dev,deepspeed,ray,slurm,tensorboard,browser,docs
 
-.PHONY: setup demo reproduce test test-slow test-distributed lint clean
+.PHONY: setup demo reproduce test test-slow test-distributed test-browser docs lint clean
 
 setup: $(VENV)/.installed
 
@@ -40,12 +40,20 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
-# Several processes on CPU: torchrun (gloo), DeepSpeed ZeRO-2/3 (DS_ACCELERATOR=cpu), FSDP.
+# Several processes on CPU: torchrun (gloo), DeepSpeed ZeRO-2/3, FSDP, doctor, the study executors.
 test-distributed: setup
 	$(PY) -m pytest -q -m distributed
+
+# The interactive results page in headless Chromium (apt-get install chromium).
+test-browser: setup
+	$(PY) -m pytest -q -m browser
+
+# The documentation site: no broken link, no page outside the navigation.
+docs: setup
+	$(VENV)/bin/mkdocs build --strict -d site
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) demo_results results_* reproduce_* .pytest_cache
+	rm -rf $(VENV) demo_results results_* reproduce_* .pytest_cache site

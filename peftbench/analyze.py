@@ -1,8 +1,8 @@
 """Tables, confidence intervals, paired tests and plots, read only from evaluation result files.
 
 Writes to the output folder: accuracy.csv and accuracy.md (method x dataset + average), stats.json
-(per cell: accuracy, 95% bootstrap CI, n; paired McNemar tests against LoRA), accuracy.png, loss_curves.png
-and report.md, which embeds them.
+(per cell: accuracy, 95% bootstrap CI, n; paired McNemar tests against LoRA), accuracy.png, loss_curves.png,
+report.md, which embeds them, and report.html, the interactive page (``peftbench.results_html``).
 """
 
 from __future__ import annotations
@@ -331,4 +331,7 @@ def analyze(folders: list[Path], out_dir: Path, mode: str = "generate") -> str:
     markdown = to_markdown(rows)
     (out_dir / "accuracy.md").write_text(markdown, encoding="utf-8")
     write_report(table, out_dir, mode)
+    from peftbench.results_html import page_from_table, write_page  # it reads this module's table
+
+    write_page(page_from_table(table, mode, f"peftbench results ({mode})"), out_dir / "report.html")
     return markdown

@@ -7,6 +7,7 @@ peftbench data list
 peftbench reproduce --preset cpu-small
 peftbench demo
 peftbench doctor
+peftbench published --model meta-llama/Llama-2-7b-hf
 """
 
 from __future__ import annotations
@@ -296,6 +297,15 @@ def _doctor(args: argparse.Namespace) -> None:
         raise UserError(f"doctor: {', '.join(failed)} failed on this machine (see the lines above)")
 
 
+def _published(args: argparse.Namespace) -> None:
+    from peftbench.published import format_rows, published_rows
+
+    rows = published_rows(args.source, args.model)
+    if not rows:
+        raise UserError(f"no published row for model {args.model!r}" + (f" in {args.source}" if args.source else ""))
+    print(format_rows(rows))
+
+
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data_dir", default=default_data_dir(), help="comma-separated data folders (env PEFTBENCH_DATA_DIR)"
@@ -410,6 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train_samples", type=int, default=256)
     demo.add_argument("--eval_samples", type=int, default=12)
     demo.set_defaults(action=_demo)
+
+    published = commands.add_parser("published", help="published commonsense results with their sources")
+    published.add_argument("--model", default=None, help="e.g. meta-llama/Llama-2-7b-hf or Llama-2-7B")
+    published.add_argument("--source", default=None, help="one table: hira_iclr2025_table1, dora_commonsense, ...")
+    published.set_defaults(action=_published)
 
     check = commands.add_parser("doctor", help="check this machine (GPU numerics, memory plan, DDP) in minutes")
     check.add_argument("--out", default="", help="JSON report ('' for none)")

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from peftbench import results_html
 from peftbench.analyze import (
     REFERENCE_METHOD,
     SIGNIFICANCE,
@@ -34,7 +35,7 @@ from peftbench.plots import accuracy_bars, loss_curves
 from peftbench.reproduce import Study
 from peftbench.runs import RUN_RECORD, environment_record, find_finished_run, read_records
 from peftbench.stats import holm
-from peftbench.studies import EvalPlan, MethodPlan
+from peftbench.studies import EvalPlan, MethodPlan, PublishedRows
 
 SUMMARY_FILE = "summary.json"
 MEMORY_MEASURES = {"peak_rss_gb": "peak resident memory (CPU)", "peak_gpu_mem_gb": "GPU max allocated"}
@@ -59,7 +60,14 @@ def build_summary(study: Study, command: str, wall_time_s: float, notes: Sequenc
         "evaluations": [_evaluation_summary(study, plan) for plan in design.evaluations],
         "wall_time_s": round(wall_time_s, 1),
         "notes": list(notes),  # what the person who ran it knows and the records cannot: --note
+        "published": _published(design.published),  # the rows the study file says it reproduces
     }
+
+
+def _published(rows: PublishedRows | None) -> dict[str, Any] | None:
+    if rows is None:
+        return None
+    return {"source": rows.source, "model": rows.model, "rows": {k: list(v) for k, v in rows.rows.items()}}
 
 
 def _machine() -> dict[str, Any]:
@@ -331,6 +339,8 @@ def render_page(summary: dict[str, Any], assets: str) -> str:
         "which the command gathered from the runs' records and the per-example predictions; "
         "a test checks that this page and that file agree.\n",
         *(f"> **Note.** {note}\n" for note in summary.get("notes", [])),
+        f"The same results as an interactive page (sortable table, frontier plots, filters, published rows): "
+        f"[{assets}.html]({assets}.html).\n",
     ]
     for evaluation in summary["evaluations"]:
         lines += [
@@ -415,10 +425,11 @@ def write_results(study: Study, page: Path, command: str, wall_time_s: float, no
 
 
 def write_page(summary: dict[str, Any], page: Path) -> Path:
-    """The plots and the page from a summary (also after a change of layout: --render_only)."""
+    """The plots, the page and its interactive twin from a summary (also after a change of layout: --render_only)."""
     assets = page.with_suffix("")
     draw_plots(summary, assets)
     page.write_text(render_page(summary, assets.name), encoding="utf-8")
+    results_html.write_page(results_html.page_from_summary(summary), page.with_suffix(".html"))
     return page
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import csv
 import threading
 import time
 from pathlib import Path
@@ -14,11 +13,11 @@ import peftbench.executors.local as local
 from peftbench import cli
 from peftbench.executors import FAILED, FINISHED, NOT_RUN, run_when_ready, summary
 from peftbench.executors.local import LocalExecutor
+from peftbench.published import published_rows
 from peftbench.reproduce import Step, Study
 from peftbench.studies import load_study, shipped_studies
 
 GOLDEN = Path(__file__).parent / "golden"
-PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "published"
 EIGHT = "boolq,piqa,siqa,hellaswag,winogrande,arc_easy,arc_challenge,obqa"
 
 
@@ -46,12 +45,9 @@ def test_the_hira_papers_studies_name_its_settings_and_the_published_rows_they_r
     assert "target_modules" not in runs["prompt"] and runs["prompt"]["virtual_tokens"] == 20
     assert runs["hira-r32"]["lr"] == 1e-3 and "1e-3" in design.methods[-1].lr_source
     assert "MoRA" in " ".join(design.differences) and "P-Tuning" in " ".join(design.differences)
-    with open(PUBLISHED / f"{design.published.source}.csv", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
+    rows = published_rows(design.published.source, design.published.model)
     for method, rank in design.published.rows.values():
-        found = [r for r in rows if (r["model"], r["method"], r["rank"]) == (design.published.model, method,
-                                                                            str(rank or ""))]  # fmt: skip
-        assert len(found) == 1, (method, rank)
+        assert len([r for r in rows if (r.method, r.rank) == (method, rank)]) == 1, (method, rank)
 
 
 def test_every_shipped_study_is_valid_and_dry_runs() -> None:

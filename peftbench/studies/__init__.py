@@ -23,6 +23,7 @@ from peftbench.config import EVAL_MODES, EvalConfig, RunConfig
 from peftbench.data.registry import resolve_names
 from peftbench.errors import UserError
 from peftbench.methods import METHOD_FLAGS, METHODS
+from peftbench.published import published_rows
 
 SHIPPED = Path(__file__).parent
 EVAL_BATCH_ON_GPU = 64  # questions per evaluation pass in the GPU studies
@@ -272,8 +273,16 @@ class _Reader:
             row = self.mapping(row, where, {"method": str, "rank": int}, ("method",))
             rows[ours] = (self.typed(row["method"], str, f"{where}.method"),
                           self.typed(row.get("rank"), int | None, f"{where}.rank"))  # fmt: skip
-        return PublishedRows(self.typed(entry["source"], str, "published.source"),
-                             self.typed(entry["model"], str, "published.model"), rows)  # fmt: skip
+        published = PublishedRows(self.typed(entry["source"], str, "published.source"),
+                                  self.typed(entry["model"], str, "published.model"), rows)  # fmt: skip
+        try:
+            table = published_rows(published.source, published.model)
+        except UserError as exc:
+            self.fail("published.source", str(exc))
+        for ours, (method, rank) in rows.items():
+            if not any((row.method, row.rank) == (method, rank) for row in table):
+                self.fail(f"published.rows.{ours}", f"{published.source} has no {published.model} {method} r{rank}")
+        return published
 
     def slurm(self, value: Any) -> SlurmSettings:
         hints = typing.get_type_hints(SlurmSettings)
