@@ -158,7 +158,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> None:
-    from peftbench.executors import FINISHED, choose_executor, run_study
+    from peftbench.executors import DONE_BEFORE, FINISHED, choose_executor, run_study
     from peftbench.reproduce import Study, check_device, describe, seeds_for
     from peftbench.results_page import rewrite_page, write_results
     from peftbench.studies import SHIPPED, load_study
@@ -166,7 +166,9 @@ def _reproduce(args: argparse.Namespace) -> None:
     if args.study is not None and args.preset is not None:
         raise UserError(f"give the study once: {args.study} or --preset {args.preset}")
     design = load_study(args.study or args.preset or "cpu-small")
-    shipped = Path(design.source).parent == SHIPPED
+    overrides = (args.model_name, args.max_train_samples, args.max_eval_samples, args.datasets, args.eval_modes)
+    design = design.with_overrides(*overrides)
+    shipped = Path(design.source).parent == SHIPPED and not any(o is not None for o in overrides)
     out, data_dir = Path(args.out or f"reproduce_{design.name}"), args.data_dir
     if args.executor != "local":  # the steps run in other working directories, maybe on other nodes
         out, data_dir = out.resolve(), ",".join(str(Path(d).resolve()) for d in data_dir.split(","))
@@ -174,8 +176,6 @@ def _reproduce(args: argparse.Namespace) -> None:
     if args.render_only:
         print(f"results page: {rewrite_page(page, args.note)}")
         return
-    design = design.with_overrides(args.model_name, args.max_train_samples, args.max_eval_samples, args.datasets,
-                                   args.eval_modes)  # fmt: skip
     seeds = seeds_for(design.seeds if args.seeds is None else args.seeds)
     study = Study(design, out, seeds, data_dir, design.choose_methods(args.methods), args.report_to)
     if args.dry_run:
@@ -184,12 +184,12 @@ def _reproduce(args: argparse.Namespace) -> None:
     slurm = {"partition": args.slurm_partition, "time_min": args.slurm_time_min,
              "gpus_per_job": args.slurm_gpus_per_job, "sbatch": args.slurm_sbatch}  # fmt: skip
     executor = choose_executor(args.executor, args.workers, args.gpus, args.ray_address, design.slurm, slurm,
-                               args.slurm_cluster)  # fmt: skip
+                               args.slurm_cluster, design.needs_gpu)  # fmt: skip
     if args.executor == "local" and not args.gpus:
         check_device(design)
     command = shlex.join(["peftbench", "reproduce", *sys.argv[2:]]) if sys.argv[1:2] == ["reproduce"] else ""
     outcomes, wall_time = run_study(study, executor, command or "the same peftbench reproduce command")
-    unfinished = [o for o in outcomes if o.state not in (FINISHED, "finished before")]
+    unfinished = [o for o in outcomes if o.state not in (FINISHED, DONE_BEFORE)]
     if unfinished:
         raise UserError(f"{len(unfinished)} of {len(outcomes)} steps did not finish (summary above); no results page")
     print(f"results page: {write_results(study, page, command, wall_time, args.note)}")

@@ -9,6 +9,7 @@ that produced it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,8 +209,8 @@ class RunConfig:
         check_micro_batch(self.micro_batch, self.batch, self.grad_acc)
         if self.packing and self.micro_batch == "spec":
             raise UserError("--packing changes how a step runs; --micro_batch spec runs the flags literally")
-        if self.lr <= 0:
-            raise UserError(f"--lr must be positive, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"--lr must be a positive number, got {self.lr}")
         if "target_modules" in method.flags and not self.target_module_list:
             raise UserError(f"--target_modules is empty; {self.peft_type} needs at least one module name")
         if self.resume and self.resume_from_checkpoint is None:

@@ -18,6 +18,7 @@ newest checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shlex
@@ -30,7 +31,7 @@ import torch
 
 from peftbench.config import ZERO_SHOT, RunConfig
 from peftbench.errors import UserError
-from peftbench.protocols import HIRA
+from peftbench.protocols import DEFAULT_PROTOCOL
 from peftbench.runs import write_atomic
 from peftbench.studies import EvalPlan, MethodPlan, StudyDesign
 
@@ -103,6 +104,8 @@ class Study:
         steps, gpu = [], self.design.needs_gpu
         if self.design.zero_shot:
             target = ["--model_name", self.design.model_name, "--output_dir", str(self.zero_shot_folder)]
+            protocol = self.design.train_settings.get("protocol", DEFAULT_PROTOCOL)
+            target += ["--protocol", protocol] if protocol != DEFAULT_PROTOCOL else []  # the trained runs' prompts
             steps += [self._eval_step(ZERO_SHOT, ZERO_SHOT, target, plan, ()) for plan in self.design.evaluations]
         for seed in self.seeds:
             for method in self.plans:
@@ -153,14 +156,15 @@ def to_flags(settings: dict[str, Any]) -> list[str]:
     for name, value in settings.items():
         if value is True:
             flags.append(f"--{name}")
-        elif value is False and name in PROTOCOL_BOOLS:
+        elif value is False and name in TRI_STATE_BOOLS:
             flags.append(f"--no-{name}")
         elif value is not None and value is not False:
             flags += [f"--{name}", str(value)]
     return flags
 
 
-PROTOCOL_BOOLS = {name for name, value in HIRA.run_defaults.items() if isinstance(value, bool)}
+# Bool fields left to a protocol or to "auto" (default None): false needs --no-NAME.
+TRI_STATE_BOOLS = {f.name for f in dataclasses.fields(RunConfig) if f.default is None and "bool" in str(f.type)}
 
 
 def seeds_for(count: int) -> tuple[int, ...]:

@@ -10,6 +10,9 @@ const AXES = {
 const state = { model: null, protocol: null, mode: null, axis: "trainable_params", sort: null, descending: true };
 
 function unique(values) { return [...new Set(values)]; }
+function esc(text) {  // names, labels and sources go into markup as text
+  return String(text).replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
 function percent(value) { return value === null || value === undefined ? "–" : (100 * value).toFixed(1); }
 function selected(row) {
   return row.model === state.model && row.protocol === state.protocol && row.mode === state.mode;
@@ -55,17 +58,17 @@ function renderTable() {
     order.sort((a, b) => (value(a) < value(b) ? -1 : value(a) > value(b) ? 1 : 0) * (state.descending ? -1 : 1));
   }
   let html = "<thead><tr>" + head.map(h =>
-    `<th data-key="${h}" class="sortable">${h in AXES ? AXES[h] : h}${state.sort === h ? (state.descending ? " ▼" : " ▲") : ""}</th>`
+    `<th data-key="${esc(h)}" class="sortable">${esc(h in AXES ? AXES[h] : h)}${state.sort === h ? (state.descending ? " ▼" : " ▲") : ""}</th>`
   ).join("") + "</tr></thead><tbody>";
   for (const method of order) {
-    html += `<tr data-method="${method}"><th>${method}</th>`;
+    html += `<tr data-method="${esc(method)}"><th>${esc(method)}</th>`;
     for (const benchmark of benchmarks) {
       const row = lookup.get(method + "\u0000" + benchmark);
       if (!row) { html += "<td>–</td>"; continue; }
       const marked = row.p_holm !== null && row.p_holm < 0.05 ? " significant" : "";
       const p = row.p_holm === null ? "" : `<span class="p">p<sub>Holm</sub> ${row.p_holm.toPrecision(2)}</span>`;
       const seeds = row.seeds.length > 1 ? `<span class="p">${row.seeds.length} seeds ± ${percent(row.std)}</span>` : "";
-      html += `<td class="cell${marked}" data-benchmark="${benchmark}" data-accuracy="${row.accuracy}" ` +
+      html += `<td class="cell${marked}" data-benchmark="${esc(benchmark)}" data-accuracy="${row.accuracy}" ` +
         `title="n = ${row.n ?? "–"}">${row.shown.accuracy} <span class="ci">[${row.shown.low}, ` +
         `${row.shown.high}]</span> <span class="n">n ${row.n ?? "–"}</span>${p}${seeds}</td>`;
     }
@@ -144,7 +147,8 @@ function renderPublished() {
   let html = "<thead><tr><th>method</th><th>published row</th><th>benchmark</th><th>published</th><th>ours [95%]</th>" +
     "<th>ours − published</th><th>published inside our interval</th></tr></thead><tbody>";
   for (const r of rows) {
-    html += `<tr class="published-row"><td>${r.method}</td><td title="${r.source}">${r.label}</td><td>${r.benchmark}</td>` +
+    html += `<tr class="published-row"><td>${esc(r.method)}</td><td title="${esc(r.source)}">${esc(r.label)}</td>` +
+      `<td>${esc(r.benchmark)}</td>` +
       `<td>${r.published.toFixed(2)}</td><td>${r.shown.ours} [${r.shown.low}, ${r.shown.high}]</td>` +
       `<td>${(100 * r.ours - r.published).toFixed(1)}</td><td>${r.inside ? "yes" : "no"}</td></tr>`;
   }

@@ -22,6 +22,7 @@ from typing import Any
 from scipy import stats as scipy_stats
 
 from peftbench.analyze import REFERENCE_METHOD, AccuracyTable, Cell
+from peftbench.errors import UserError
 from peftbench.published import BENCHMARKS, PublishedRow, matching_rows, published_rows
 from peftbench.runs import find_run_record, read_records
 from peftbench.stats import holm
@@ -47,7 +48,7 @@ def write_page(page: dict[str, Any], path: Path) -> Path:
     for row in (*page["rows"], *page["published"]):  # rounded as the Markdown pages round (half to even)
         row["shown"] = {key: f"{100 * row[key]:.1f}" for key in ("accuracy", "low", "high", "ours") if key in row}
 
-    data = json.dumps(page).replace("</", "<\\/")  # no "</script>" inside the script
+    data = json.dumps(page).replace("<", "\\u003c")  # no "</script>" or "<!--" inside the script
     document = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(page["title"])}</title>
 <style>{STYLE}</style>
@@ -95,7 +96,7 @@ def page_from_table(table: AccuracyTable, mode: str, title: str) -> dict[str, An
         for dataset, cell in [*cells.items(), ("avg", table.average(method))]:
             if cell is not None:
                 rows.append(_row(model, protocol, mode, method, dataset, cell, adjusted.get((method, dataset))))
-        if run:
+        if run.get("cost"):
             costs.append({"model": model, "protocol": protocol, "method": method, **run["cost"]})
         if mode == "generate":
             matches = matching_rows(model, record["peft_type"], run.get("rank"))
@@ -115,14 +116,15 @@ def _run(ckpt: str | None) -> dict[str, Any]:
     """The training run's cost and rank, from its output.jsonl ({} for zero-shot)."""
     if not ckpt:
         return {}
-    records = read_records(find_run_record(Path(ckpt)))
-    ends = [r for r in records if r.get("event") == "train_end"]
-    if not ends:
+    try:  # results moved without their run, or a record of an older version: the page shows no cost
+        records = read_records(find_run_record(Path(ckpt)))
+        end = [r for r in records if r.get("event") == "train_end"][-1]
+        memory = end.get("peak_gpu_mem_gb", end.get("peak_rss_gb"))
+        cost = {"trainable_params": end["trainable_params"], "peak_memory_gb": memory,
+                "train_time_s": end["train_time_s"]}  # fmt: skip
+        return {"cost": cost, "rank": records[0]["config"].get("r_ab")}
+    except (UserError, OSError, IndexError, KeyError):
         return {}
-    end = ends[-1]
-    memory = end.get("peak_gpu_mem_gb", end.get("peak_rss_gb"))
-    cost = {"trainable_params": end["trainable_params"], "peak_memory_gb": memory, "train_time_s": end["train_time_s"]}
-    return {"cost": cost, "rank": records[0]["config"].get("r_ab")}
 
 
 def _published(model: str, protocol: str, method: str, matches: list[PublishedRow], ours: list[dict]) -> list[dict]:

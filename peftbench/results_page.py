@@ -122,7 +122,10 @@ def _run_summary(study: Study, seed: int, name: str) -> dict[str, Any]:
 
 
 def _evaluation_summary(study: Study, plan: EvalPlan) -> dict[str, Any]:
-    tables = {seed: accuracy_table(collect_results(study.method_folders(seed), plan.mode)) for seed in study.seeds}
+    tables = {
+        seed: _named(study, seed, accuracy_table(collect_results(study.method_folders(seed), plan.mode)))
+        for seed in study.seeds
+    }
     first = tables[study.seeds[0]]
     columns = [*first.datasets, "avg"]
     return {
@@ -139,6 +142,23 @@ def _evaluation_summary(study: Study, plan: EvalPlan) -> dict[str, Any]:
             for method in first.methods
         },
     }
+
+
+def _named(study: Study, seed: int, table: AccuracyTable) -> AccuracyTable:
+    """The table with each row named as the study names its method. The analysis names rows by method and what
+    differs between them ('hira (r=16)', 'hira (r=32)'); the study by its file's names (hira-r16, hira-r32)."""
+    folders = {study.results_folder(seed, plan.name).resolve(): plan.name for plan in study.plans}
+    names = {}
+    for (label, _), record in table.records.items():
+        ckpt = Path(record["ckpt"]).resolve() if record.get("ckpt") else None
+        names[label] = next((name for folder, name in folders.items() if ckpt and folder in ckpt.parents), label)
+    return AccuracyTable(
+        [names[m] for m in table.methods],
+        table.datasets,
+        {(names[m], d): cell for (m, d), cell in table.cells.items()},
+        {(names[m], d): record for (m, d), record in table.records.items()},
+        {(names[m], d): older for (m, d), older in table.superseded.items()},
+    )
 
 
 def _cell_summary(tables: dict[int, AccuracyTable], method: str, column: str) -> dict[str, Any]:

@@ -172,9 +172,13 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A saved configuration as this version would write it: a field added since takes its default."""
+    """A saved configuration as this version would write it (a field added since takes its default), its folders
+    absolute: a study continued on a cluster names them absolutely where it named them relatively here."""
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
-    return {k: v for k, v in {**defaults, **config}.items() if k not in RESUME_FIELDS}
+    comparable = {k: v for k, v in {**defaults, **config}.items() if k not in RESUME_FIELDS}
+    comparable["output_folder"] = os.path.abspath(comparable["output_folder"])
+    comparable["data_dir"] = ",".join(os.path.abspath(d) for d in str(comparable.get("data_dir", "")).split(","))
+    return comparable
 
 
 @dataclass(frozen=True)

@@ -48,13 +48,17 @@ def start_training_run(name: str, run_dir: Path) -> tuple[str, list[TrainerCallb
         callback.logging_dir = str(run_dir / TENSORBOARD_FOLDER)  # fixed, so that evaluations find it
         return "none", [callback], {"report_to": name, "tensorboard_dir": callback.logging_dir}
     if name == "wandb":
-        os.environ["WANDB_RUN_ID"] = wandb_run_id(run_dir)  # this process trains this one run
-        return name, [], {"report_to": name, "wandb_run_id": os.environ["WANDB_RUN_ID"]}
+        # This process trains this one run; a resumed run continues its tracker run.
+        os.environ.update(WANDB_RUN_ID=wandb_run_id(run_dir), WANDB_RESUME="allow")
+        where = {key.lower(): os.environ[f"WANDB_{key.upper()}"] for key in ("project", "entity")
+                 if f"WANDB_{key.upper()}" in os.environ}  # fmt: skip
+        return name, [], {"report_to": name, "wandb_run_id": os.environ["WANDB_RUN_ID"], **where}
     return name, [], {"report_to": name}
 
 
 def wandb_run_id(run_dir: Path) -> str:
-    return hashlib.sha256(run_dir.name.encode()).hexdigest()[:16]
+    """Two variants started in the same second share a folder name, not a path."""
+    return hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
 
 
 def log_evaluation(tracking: dict[str, Any], step: int, record: dict[str, Any]) -> None:
@@ -69,7 +73,8 @@ def log_evaluation(tracking: dict[str, Any], step: int, record: dict[str, Any]) 
     elif name == "wandb":
         import wandb
 
-        run = wandb.init(id=tracking["wandb_run_id"], resume="allow")
+        where = {key: tracking[key] for key in ("project", "entity") if key in tracking}  # the training run's
+        run = wandb.init(id=tracking["wandb_run_id"], resume="allow", **where)
         run.log({key: record["accuracy"], "train/global_step": step})
         run.finish()
     elif name != "none":

@@ -117,6 +117,8 @@ def _tiny_preset(model: Path) -> StudyDesign:
     train = {"max_train_samples": 40, "val_set_size": 8, "batch": 8, "r_ab": 4, "eval_steps": 2, "logging_steps": 1,
              "target_modules": "q_proj,v_proj,down_proj", "max_length": 128, "eval_strategy": "steps"}  # fmt: skip
     methods = tuple(dataclasses.replace(m, lr=m.lr * 10) for m in CPU_SMALL.methods)
+    # Two variants of one method, as the HiRA paper's studies have: the study names them apart.
+    methods += (dataclasses.replace(methods[0], label="hira-r2", train_settings={"r_ab": 2}),)
     return dataclasses.replace(
         CPU_SMALL,
         model_name=str(model),
@@ -145,7 +147,7 @@ def test_summary_numbers_come_from_the_result_records(tiny_study: tuple[Study, P
     summary = json.loads((page.parent / "tiny" / SUMMARY_FILE).read_text())
     for evaluation in summary["evaluations"]:
         mode = evaluation["mode"]
-        assert evaluation["methods"] == ["zero-shot", "hira", "lora", "fft", "ia3"]
+        assert evaluation["methods"] == ["zero-shot", "hira-r2", "hira", "lora", "fft", "ia3"]  # the study's names
         assert evaluation["datasets"] == ["boolq", "arc_challenge"]
         cells = {(c["method"], c["dataset"]): c for c in evaluation["cells"]}
         for seed in study.seeds:
@@ -160,7 +162,7 @@ def test_summary_numbers_come_from_the_result_records(tiny_study: tuple[Study, P
             per_dataset = [cells[(method, d)]["per_seed"] for d in evaluation["datasets"]]
             assert cell["per_seed"] == pytest.approx([sum(v) / 2 for v in zip(*per_dataset, strict=True)])
         assert cells[("zero-shot", "boolq")]["std"] == 0.0  # the untrained model is evaluated once
-        assert len(evaluation["paired_tests"]) == 2 * 4 * 2  # 2 seeds x 4 methods against LoRA x 2 datasets
+        assert len(evaluation["paired_tests"]) == 2 * 5 * 2  # 2 seeds x 5 methods against LoRA x 2 datasets
     for method in summary["methods"]:
         for run in method["runs"]:
             record = read_records(study.out / run["run"] / "output.jsonl")[-1]
@@ -175,7 +177,7 @@ def test_summary_numbers_come_from_the_result_records(tiny_study: tuple[Study, P
 
 
 def test_page_is_rendered_from_the_summary_with_plots(tiny_study: tuple[Study, Path]) -> None:
-    _, page = tiny_study
+    study, page = tiny_study
     summary = json.loads((page.parent / "tiny" / SUMMARY_FILE).read_text())
     text = page.read_text()
     assert text == render_page(summary, "tiny")
@@ -183,6 +185,15 @@ def test_page_is_rendered_from_the_summary_with_plots(tiny_study: tuple[Study, P
     hira_avg = next(c for c in loglik["cells"] if c["method"] == "hira" and c["dataset"] == "avg")
     assert f"{100 * hira_avg['mean']:.1f} ± {100 * hira_avg['std']:.1f}" in text  # two seeds: mean ± std
     assert "`--seeds 3` therefore needs about" in text and summary["environment"]["git_revision"] in text
+    # Its interactive twin, and each analysis's, hold the same numbers as data.
+    analysis = study.analysis_folder(36, "loglik") / "report.html"
+    for html, hira in ((page.with_suffix(".html"), {"hira-r2", "hira"}), (analysis, {"hira (r=2)", "hira (r=4)"})):
+        data = json.loads(html.read_text().split("const PAGE = ", 1)[1].split(";</script>", 1)[0])
+        assert {row["method"] for row in data["rows"]} == {"zero-shot", "lora", "fft", "ia3", *hira}
+    loglik_avg = next(r for r in json.loads(page.with_suffix(".html").read_text().split("const PAGE = ", 1)[1]
+                      .split(";</script>", 1)[0])["rows"] if r["method"] == "hira" and r["benchmark"] == "avg"
+                      and r["mode"] == "loglik")  # fmt: skip
+    assert loglik_avg["accuracy"] == hira_avg["mean"] and len(loglik_avg["seeds"]) == 2
     for image in ("accuracy-loglik.png", "accuracy-generate.png", "loss_curves.png"):
         assert (page.parent / "tiny" / image).read_bytes().startswith(b"\x89PNG")
         assert f"tiny/{image}" in text
@@ -195,7 +206,7 @@ def test_a_rerun_skips_every_finished_part(tiny_study: tuple[Study, Path]) -> No
     runs = sorted(p.parent for p in study.out.rglob("output.jsonl"))
     first_time = json.loads((study.out / STUDY_TIME_FILE).read_text())["wall_time_s"]
     _, total = run_study(study, InProcess(), "")
-    assert sorted(p.parent for p in study.out.rglob("output.jsonl")) == runs and len(runs) == 8
+    assert sorted(p.parent for p in study.out.rglob("output.jsonl")) == runs and len(runs) == 10
     assert [p.stat().st_mtime_ns for p in results] == stamps
     # The study's time adds up over invocations: the rerun's few seconds go on top of the first run's.
     assert first_time < total < first_time + 30

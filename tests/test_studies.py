@@ -11,6 +11,7 @@ import pytest
 
 import peftbench.executors.local as local
 from peftbench import cli
+from peftbench.config import RunConfig
 from peftbench.executors import FAILED, FINISHED, NOT_RUN, run_when_ready, summary
 from peftbench.executors.local import LocalExecutor
 from peftbench.published import published_rows
@@ -81,6 +82,23 @@ evaluations:
         (("method: ia3", "method: lora"), "methods: lora is listed twice; give variants of one method a name each"),
         (("{max_train_samples: 16, r_ab: 4}", "{max_train_samples: 16, r_ab: -4}"), "methods[0] (lora): --r_ab"),
         (("summary: a tiny study", "summary: a: tiny study"), "not valid YAML at line 1"),
+        (("- {mode: loglik, samples: 4}", "- {mode: loglik}\n- {mode: loglik}"), "loglik is listed twice"),
+        (("lr: 3e-3", "lr: .nan"), "methods[1] (ia3): --lr must be a positive number, got nan"),
+        (("samples: 4", "samples: 0"), "evaluations[0]: --max_eval_samples must be positive"),
+        (("lr_source: T-Few}", "lr_source: T-Few, name: ../up}"), "methods[1].name: '../up': use letters"),
+        (
+            ("summary:", "published: {source: hira_iclr2025_table1, model: Llama-2-7B, rows: [lora]}\nsummary:"),
+            "published.rows: expected a mapping",
+        ),
+        (
+            (
+                "summary:",
+                "published: {source: hira_iclr2025_table1, model: Llama-2-7B, rows: {lora: {method: LoRA, "
+                "rank: 8}}}\nsummary:",
+            ),
+            "published.rows.lora: hira_iclr2025_table1 has no Llama-2-7B LoRA r8",
+        ),
+        (("summary:", "slurm: {time_min: 0}\nsummary:"), "slurm.time_min: expected at least 1, got 0"),
     ],
 )
 def test_a_bad_study_file_is_one_error_line_naming_the_file_and_the_key(change, message, tmp_path, capsys) -> None:
@@ -173,3 +191,24 @@ def test_local_gpus_run_one_step_per_gpu_at_once_each_seeing_its_own(tmp_path, m
     assert all(o.state == FINISHED for o in outcomes)
     assert sorted(gpu for kind, gpu in seen if kind == "train") == ["2"] * 3 + ["5"] * 3
     assert ("analyze", "") in seen  # analysis sees no GPU
+
+
+def test_a_study_flag_set_false_reaches_its_command(tmp_path, capsys) -> None:
+    """A bool a protocol or "auto" leaves open (default None) needs --no-NAME to be false."""
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        STUDY.replace("{max_train_samples: 16, r_ab: 4}", "{max_train_samples: 16, r_ab: 4, packing: false}")
+    )
+    design = load_study(str(path))
+    for step in Study(design, tmp_path, (36,), "d").steps():
+        if step.run_config is not None:
+            assert "--no-packing" in step.argv and step.run_config.packing is False
+            parsed = cli.build_config(RunConfig, cli.build_parser().parse_args(step.argv))
+            assert parsed == step.run_config
+
+
+def test_a_gpu_study_with_several_local_workers_needs_a_gpu_each(tmp_path, capsys) -> None:
+    path = tmp_path / "gpu.yaml"
+    path.write_text(STUDY.replace("summary:", "needs_gpu: true\nsummary:"))
+    assert cli.main(["reproduce", str(path), "--workers", "2", "--out", str(tmp_path / "out")]) == 2
+    assert "--workers 2 would put 2 GPU steps on one GPU" in capsys.readouterr().err

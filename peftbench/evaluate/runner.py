@@ -233,11 +233,15 @@ def finished_result(
 
 def _log_to_tracker(ckpt: Path, record: dict[str, Any]) -> None:
     """The accuracy, into the tracker run of the checkpoint's training run (as its output.jsonl records it)."""
-    tracking = read_records(find_run_record(ckpt))[0].get("tracking") or {}
+    records = read_records(find_run_record(ckpt))
+    tracking = next((r["tracking"] for r in reversed(records) if r.get("tracking")), {})  # a resume may add one
     if not tracking:
         logger.warning("%s was trained without --report_to: its accuracies are not logged to a tracker", ckpt)
         return
-    log_evaluation(tracking, int(ckpt.name.rsplit("-", 1)[1]), record)
+    try:
+        log_evaluation(tracking, int(ckpt.name.rsplit("-", 1)[-1]) if ckpt.name[-1].isdigit() else 0, record)
+    except Exception as exc:  # the result is written; a tracker that cannot take it must not lose the rest
+        logger.warning("could not log %s's accuracy to %s: %s", record["dataset"], tracking["report_to"], exc)
 
 
 def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[str, Any]:

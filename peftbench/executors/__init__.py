@@ -126,7 +126,12 @@ def run_when_ready(
                 order.done(step.id)
                 continue
             logger.info("started %s: %s", step.label, step.command)
-            running[start(step)] = (step, time.perf_counter())
+            try:
+                running[start(step)] = (step, time.perf_counter())
+            except Exception as exc:  # the engine refused the job (a busy scheduler, a limit): this step failed
+                outcomes[step.id] = Outcome(step, FAILED, None, 0.0, f"could not start: {type(exc).__name__}: {exc}")
+                done(outcomes[step.id])
+                order.done(step.id)
         if not running:
             continue
         finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -192,11 +197,14 @@ def run_study(study: Study, executor: Executor, rerun: str) -> tuple[list[Outcom
 
 def choose_executor(
     kind: str, workers: int | None, gpus: str | None, ray_address: str | None, slurm: SlurmSettings,
-    slurm_flags: dict[str, Any], slurm_cluster: str,
+    slurm_flags: dict[str, Any], slurm_cluster: str, gpu_study: bool,
 ) -> Executor:  # fmt: skip
     """The executor of ``--executor``; Slurm's settings are the study file's, overridden by the flags given."""
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
+    if kind == "local" and gpu_study and (workers or 1) > 1 and not gpus:
+        raise UserError(f"--workers {workers} would put {workers} GPU steps on one GPU, each planning for all of "
+                        "its memory; give one GPU per step: --gpus 0,1,...")  # fmt: skip
     if kind == "ray":
         from peftbench.executors.ray_cluster import RayExecutor
 

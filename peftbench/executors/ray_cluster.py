@@ -13,8 +13,8 @@ from pathlib import Path
 
 from peftbench.errors import UserError
 from peftbench.executors import (
+    FAILED,
     FINISHED,
-    NOT_RUN,
     Outcome,
     ended,
     forwarded_environment,
@@ -54,14 +54,14 @@ class RayExecutor:
             for step in steps:  # in dependency order: a step's needs come before it
                 needed = [references[n] for n in step.needs if n in references]
                 resources = {"num_gpus": 1 if step.gpu else 0, "num_cpus": 1, "name": step.id, "max_retries": 0}
-                references[step.id] = task.options(**resources).remote(step, str(log_path(logs, step)), environment,
-                                                                       *needed)  # fmt: skip
+                sees = environment if step.gpu else {**environment, "CUDA_VISIBLE_DEVICES": ""}  # Ray leaves it set
+                references[step.id] = task.options(**resources).remote(step, str(log_path(logs, step)), sees, *needed)
             outcomes = {}
             pending = {reference: step_id for step_id, reference in references.items()}
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 step_id = pending.pop(ready[0])
-                outcomes[step_id] = self._outcome(ray, ready[0], next(s for s in steps if s.id == step_id))
+                outcomes[step_id] = self._outcome(ray, ready[0], next(s for s in steps if s.id == step_id), outcomes)
                 done(outcomes[step_id])
             return [outcomes[step.id] for step in steps]
         finally:
@@ -69,16 +69,21 @@ class RayExecutor:
                 ray.shutdown()
 
     def _connect(self, ray) -> None:  # noqa: ANN001
-        if self.address is not None:
-            ray.init(address=self.address, log_to_driver=False)
-            return
-        # A cluster of this machine alone: on localhost, no dashboard (Ray's job and dashboard APIs have no
-        # authentication, and the dashboard listens on every interface by default).
-        ray.init(num_cpus=self.cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        try:
+            if self.address is not None:
+                ray.init(address=self.address, log_to_driver=False)
+                return
+            # A cluster of this machine alone: on localhost, no dashboard (Ray's job and dashboard APIs let anyone
+            # who reaches them run code, and the dashboard listens on every interface by default).
+            ray.init(num_cpus=self.cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {self.address}" if self.address else "a local Ray cluster"
+            raise UserError(f"cannot start or join {where}: {exc}") from None
 
     @staticmethod
-    def _outcome(ray, reference, step: Step) -> Outcome:  # noqa: ANN001
+    def _outcome(ray, reference, step: Step, outcomes: dict[str, Outcome]) -> Outcome:  # noqa: ANN001
         try:
             return ray.get(reference)
-        except Exception as exc:  # the task itself died (its node lost): this step failed
-            return Outcome(step, NOT_RUN if "cancel" in str(exc).lower() else "failed", None, 0.0, str(exc)[:2000])
+        except Exception as exc:  # the task died, or Ray did not run it because a task it needs died
+            failed = [n for n in step.needs if n in outcomes and outcomes[n].state != FINISHED]
+            return not_run(step, failed) if failed else Outcome(step, FAILED, None, 0.0, str(exc)[:2000])

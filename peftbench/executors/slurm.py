@@ -9,10 +9,11 @@ submitit's local executor instead (a laptop, a test).
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from peftbench.errors import UserError
+from peftbench.errors import TrainingInterrupted, UserError
 from peftbench.executors import Outcome, forwarded_environment, log_path, run_command, run_when_ready
 from peftbench.reproduce import Step
 from peftbench.studies import SlurmSettings
@@ -37,25 +38,40 @@ class SlurmExecutor:
             raise UserError("--executor slurm needs submitit: pip install 'peftbench[slurm]'") from None
         executor = submitit.AutoExecutor(folder=logs.parent / "slurm", cluster=self.cluster)
         environment = forwarded_environment()
-        waiting = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="job")
+        jobs = []
 
         def submit(step: Step) -> concurrent.futures.Future[int]:
             executor.update_parameters(**self._parameters(step))
             job = executor.submit(run_command, step.argv, str(log_path(logs, step)), environment)
-            return waiting.submit(job.result)
+            jobs.append(job)
+            future: concurrent.futures.Future[int] = concurrent.futures.Future()
+            threading.Thread(target=_wait, args=(job, future), daemon=True).start()  # never holds the exit
+            return future
 
         try:
             return run_when_ready(steps, submit, logs, done, self.workers)
-        finally:
-            waiting.shutdown(wait=True)
+        except KeyboardInterrupt:
+            for job in jobs:
+                if not job.done():
+                    job.cancel(check=False)
+            raise TrainingInterrupted(
+                "the study was interrupted and its running jobs cancelled; rerun the same command to continue"
+            ) from None
 
     def _parameters(self, step: Step) -> dict[str, object]:
         settings = self.settings
         parameters: dict[str, object] = {"name": step.id, "timeout_min": settings.time_min,
                                          "cpus_per_task": settings.cpus_per_job}  # fmt: skip
-        if step.gpu:
-            parameters["gpus_per_node"] = settings.gpus_per_job
+        # submitit keeps parameters from one job to the next: a CPU step asks for no GPU explicitly.
+        parameters["gpus_per_node"] = settings.gpus_per_job if step.gpu else 0
         if self.cluster == "slurm":
             extra = dict(option.lstrip("-").split("=", 1) for option in settings.sbatch)
             parameters |= {"slurm_partition": settings.partition, "slurm_additional_parameters": extra}
         return parameters
+
+
+def _wait(job, future: concurrent.futures.Future[int]) -> None:  # noqa: ANN001
+    try:
+        future.set_result(job.result())
+    except Exception as exc:  # the job failed outside our command (killed, timed out, node lost)
+        future.set_exception(exc)

@@ -88,7 +88,7 @@ def _read(path: Path) -> tuple[Source, tuple[PublishedRow, ...]]:
 
 def _model_key(name: str) -> str:
     """'meta-llama/Llama-2-7b-hf', 'Llama-2-7B' and 'LLaMA2-7B' are one model: 'llama27b'."""
-    name = name.rsplit("/", 1)[-1].lower().removesuffix("-hf").removeprefix("meta-")
+    name = name.rstrip("/").rsplit("/", 1)[-1].lower().removesuffix("-hf").removeprefix("meta-")
     return re.sub(r"[^a-z0-9]", "", name)
 
 
@@ -97,10 +97,9 @@ def same_model(published: str, ours: str) -> bool:
 
 
 def matching_rows(model: str, peft_type: str, rank: int | None) -> list[PublishedRow]:
-    """The published rows of this model, method and rank (a row without a rank matches any)."""
+    """The published rows of this model, method and rank (a rank the source does not give matches no rank)."""
     name = PUBLISHED_NAMES.get(peft_type)
-    return [row for row in published_rows(model=model)
-            if row.method == name and (row.rank is None or row.rank == rank)]  # fmt: skip
+    return [row for row in published_rows(model=model) if row.method == name and row.rank == rank]
 
 
 def format_rows(rows: list[PublishedRow]) -> str:

@@ -12,6 +12,7 @@ rate's source, and any flag it alone changes). ``peftbench.reproduce`` turns a d
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from peftbench.methods import METHOD_FLAGS, METHODS
 from peftbench.published import published_rows
 
 SHIPPED = Path(__file__).parent
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 EVAL_BATCH_ON_GPU = 64  # questions per evaluation pass in the GPU studies
 # RunConfig fields a study sets itself, per run: not part of a budget or a method's settings.
 PER_RUN = {"peft_type", "model_name", "dataset", "seed", "lr", "output_folder", "data_dir", "resume",
@@ -138,8 +140,12 @@ class StudyDesign:
         datasets: str | None = None,
         eval_modes: str | None = None,
     ) -> StudyDesign:
-        """The design with the command line's common knobs applied: a smoke test of any study in one line."""
-        design = self
+        """The design with the command line's common knobs applied: a smoke test of any study in one line. It is
+        another study, named apart (``<name>-custom``), so its folder and page never mix with the file's own."""
+        given = (model_name, max_train_samples, max_eval_samples, datasets, eval_modes)
+        design = (
+            self if all(value is None for value in given) else dataclasses.replace(self, name=f"{self.name}-custom")
+        )
         if model_name is not None:
             design = dataclasses.replace(design, model_name=model_name)
         if max_train_samples is not None:
@@ -225,7 +231,7 @@ class _Reader:
         """Settings of a RunConfig or EvalConfig, typed as its fields."""
         hints = typing.get_type_hints(config)
         allowed = {f.name: hints[f.name] for f in dataclasses.fields(config) if f.name not in excluded}
-        settings = self.mapping(value or {}, where, allowed)
+        settings = self.mapping({} if value is None else value, where, allowed)
         return {key: self.typed(item, allowed[key], f"{where}.{key}") for key, item in settings.items()}
 
     def method(self, value: Any, where: str) -> MethodPlan:
@@ -239,8 +245,15 @@ class _Reader:
             self.typed(entry["lr"], float, f"{where}.lr"),
             self.typed(entry["lr_source"], str, f"{where}.lr_source"),
             self.fields(entry.get("settings"), f"{where}.settings", RunConfig, PER_RUN),
-            self.typed(entry.get("name", ""), str, f"{where}.name").lower(),
+            self.name(entry.get("name", ""), f"{where}.name"),
         )
+
+    def name(self, value: Any, where: str) -> str:
+        """A name that becomes part of folder and log names: letters, digits, '.', '_', '-'."""
+        name = self.typed(value, str, where).lower()
+        if name and not NAME.fullmatch(name):
+            self.fail(where, f"{name!r}: use letters, digits, '.', '_' and '-' (it names folders)")
+        return name
 
     def listed(self, value: Any, where: str) -> list:
         if not isinstance(value, list):
@@ -267,8 +280,10 @@ class _Reader:
             return None
         entry = self.mapping(value, "published", {"source": str, "model": str, "rows": dict},
                              ("source", "model", "rows"))  # fmt: skip
+        if not isinstance(entry["rows"], dict):
+            self.fail("published.rows", "expected a mapping of our method names to {method, rank}")
         rows = {}
-        for ours, row in self.mapping(entry["rows"], "published.rows", {k: dict for k in entry["rows"]}).items():
+        for ours, row in entry["rows"].items():
             where = f"published.rows.{ours}"
             row = self.mapping(row, where, {"method": str, "rank": int}, ("method",))
             rows[ours] = (self.typed(row["method"], str, f"{where}.method"),
@@ -291,6 +306,9 @@ class _Reader:
         for key, item in entry.items():
             settings[key] = (self.texts(item, f"slurm.{key}") if key == "sbatch"
                              else self.typed(item, hints[key], f"slurm.{key}"))  # fmt: skip
+        for key in ("time_min", "gpus_per_job", "cpus_per_job"):
+            if key in settings and settings[key] < 1:
+                self.fail(f"slurm.{key}", f"expected at least 1, got {settings[key]}")
         return SlurmSettings(**settings)
 
     def design(self, content: Any) -> StudyDesign:
@@ -311,7 +329,7 @@ class _Reader:
         try:
             resolve_names(self.typed(benchmarks, str, "benchmarks"))
         except UserError as exc:
-            self.fail("benchmarks", str(exc))
+            self.fail("benchmarks", str(exc).removeprefix("--dataset "))
         methods = self.methods(content["methods"], "methods")
         more = self.methods(content.get("more_methods", []), "more_methods")
         listed = self.listed(content["evaluations"], "evaluations")
@@ -324,6 +342,11 @@ class _Reader:
             self.fail("methods", f"{duplicate} is listed twice; give variants of one method a name each")
         if scalar.get("seeds", 1) < 1:
             self.fail("seeds", f"expected at least 1, got {scalar['seeds']}")
+        modes = [plan.mode for plan in evaluations]
+        if len(set(modes)) < len(modes):
+            self.fail("evaluations", f"{next(m for m in modes if modes.count(m) > 1)} is listed twice; one per mode")
+        if "name" in scalar:
+            scalar["name"] = self.name(scalar["name"], "name")
         design = StudyDesign(
             name=scalar.get("name", self.path.stem),
             summary=scalar["summary"],
@@ -341,6 +364,10 @@ class _Reader:
             slurm=self.slurm(content.get("slurm")),
             source=str(self.path),
         )
+        if design.published is not None:
+            strays = [ours for ours in design.published.rows if ours not in design.all_plans]
+            if strays:
+                self.fail(f"published.rows.{strays[0]}", f"not a method of this study ({', '.join(design.all_plans)})")
         self.check_runs(design)
         return design
 
@@ -352,3 +379,9 @@ class _Reader:
                     RunConfig(**design.run_settings(plan))
                 except UserError as exc:
                     self.fail(f"{key}[{index}] ({plan.name})", str(exc))
+        for index, plan in enumerate(design.evaluations):
+            try:
+                EvalConfig(model_name=design.model_name, output_dir=".", dataset=design.benchmarks,
+                           eval_mode=plan.mode, max_eval_samples=plan.samples, **plan.settings)  # fmt: skip
+            except UserError as exc:
+                self.fail(f"evaluations[{index}]", str(exc))
