@@ -24,10 +24,11 @@ EIGHT = "boolq,piqa,siqa,hellaswag,winogrande,arc_easy,arc_challenge,obqa"
 
 @pytest.mark.parametrize("name", ["cpu-small", "paper"])
 def test_the_shipped_study_files_print_the_commands_of_the_presets_they_replace(name, capsys) -> None:
-    """The golden files are the presets' --dry_run output before they became files."""
-    assert cli.main(["reproduce", name, "--dry_run"]) == 0
+    """The golden files are the presets' --dry_run output before they became files (with the default data folder)."""
+    data = ["--data_dir", "data_file/llm_adapt"]
+    assert cli.main(["reproduce", name, "--dry_run", *data]) == 0
     assert capsys.readouterr().out == (GOLDEN / f"reproduce-{name}.txt").read_text()
-    assert cli.main(["reproduce", "--preset", name, "--dry_run"]) == 0  # --preset keeps working
+    assert cli.main(["reproduce", "--preset", name, "--dry_run", *data]) == 0  # --preset keeps working
     assert capsys.readouterr().out == (GOLDEN / f"reproduce-{name}.txt").read_text()
 
 
