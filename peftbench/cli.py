@@ -276,10 +276,10 @@ def _bench_trainer(args: argparse.Namespace) -> None:
 def _bench_study(args: argparse.Namespace) -> None:
     from peftbench.bench_study import bench_study
 
-    workers = [int(n) for n in args.workers.split(",") if n.strip().isdigit() and int(n) > 0]
-    if not workers:
+    entries = [n.strip() for n in args.workers.split(",")]
+    if not all(n.isdigit() and int(n) > 0 for n in entries):  # "1,x" is an error, not "1"
         raise UserError(f"--workers {args.workers!r}: expected comma-separated positive numbers, e.g. 1,2")
-    bench_study(args.model, workers, args.data_dir, Path(args.out) if args.out else None)
+    bench_study(args.model, [int(n) for n in entries], args.data_dir, Path(args.out) if args.out else None)
 
 
 def _bench_memory(args: argparse.Namespace) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from peftbench.engines import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,12 +30,6 @@ def train_hira(args: list[str], cwd: Path, **popen: object) -> subprocess.Popen:
 def finish(process: subprocess.Popen) -> tuple[int, str]:
     _, stderr = process.communicate(timeout=600)
     return process.returncode, stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def torchrun(
