@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 import sys
 
-from peftbench.cli import OneLineErrorParser, add_config_flags, build_config, run_guarded, setup_logging
+from peftbench.cli.flags import OneLineErrorParser, add_config_flags, build_config, run_guarded, setup_logging
 from peftbench.config import EvalConfig, RunConfig
 from peftbench.errors import UserError
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             stray = given & eval_flags
             if stray:
                 raise UserError(f"--{sorted(stray)[0]} applies to evaluation only (with --ckpt)")
-            from peftbench.train import train
+            from peftbench.train.recipe import train
 
             train(build_config(RunConfig, args))
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from peftbench.analyze import analyze
 from peftbench.config import EvalConfig, RunConfig
 from peftbench.evaluate.runner import evaluate
-from peftbench.train import train
+from peftbench.report.analysis import analyze
+from peftbench.train.recipe import train
 
 logger = logging.getLogger(__name__)
 

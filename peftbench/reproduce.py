@@ -1,223 +1,89 @@
-"""A study run: a study design becomes a list of peftbench commands with their dependencies, run by an executor.
+"""A whole study reproduced: the study chosen and overridden, its steps run on an executor, its results page.
 
-    peftbench reproduce cpu-small [--seeds 3] [--dry_run] [--executor local|ray|slurm]
-
-Layout of the study folder::
-
-    zero-shot/                      the base model's evaluations (run once for all seeds)
-    seed-{s}/results_{method}/      each method's training run and, in its checkpoint, its evaluations
-    seed-{s}/analysis-{mode}/       tables, statistics and plots of that seed (peftbench analyze)
-    logs/                           each step's output
-
-Each step is the same command a user would type, run in its own process (so each method's peak memory is its
-own) wherever the executor puts it: an evaluation runs after its training, an analysis after its evaluations.
-A rerun skips finished parts: training whose run of the same configuration finished, and (inside
-`peftbench eval`) every evaluation whose complete result exists; an interrupted training run resumes from its
-newest checkpoint.
+``peftbench reproduce`` maps its flags onto :class:`Reproduction` and calls :func:`reproduce`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
-import shlex
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from peftbench.config import ZERO_SHOT, RunConfig
+from peftbench.config import default_data_dir
 from peftbench.errors import UserError
-from peftbench.protocols import DEFAULT_PROTOCOL
-from peftbench.runs import write_atomic
-from peftbench.studies import EvalPlan, MethodPlan, StudyDesign
-
-logger = logging.getLogger(__name__)
-
-BASE_SEED = 36  # the specification's seed; --seeds N uses 36, 37, ...
-STUDY_TIME_FILE = "study_time.json"
+from peftbench.executors.base import DONE_BEFORE, FINISHED
+from peftbench.executors.choose import choose_executor
+from peftbench.executors.driver import run_study
+from peftbench.studies.loader import SHIPPED, load_study
+from peftbench.studies.page import rewrite_page, write_results
+from peftbench.studies.plan import Study, check_device, describe, seeds_for
 
 
-@dataclass(frozen=True)
-class Step:
-    id: str  # unique in the study, and the name of its log file
-    label: str
-    argv: tuple[str, ...]  # peftbench arguments: subcommand and flags
-    needs: tuple[str, ...] = ()  # the steps it runs after, by id
-    gpu: bool = False  # asks its executor for one GPU
-    run_config: RunConfig | None = None  # training steps: what identifies a finished run
+@dataclasses.dataclass
+class Reproduction:
+    """What to reproduce, where, and how (each field is a flag of ``peftbench reproduce``)."""
 
-    @property
-    def command(self) -> str:
-        return shlex.join(["peftbench", *self.argv])
-
-
-@dataclass(frozen=True)
-class Study:
-    design: StudyDesign
-    out: Path
-    seeds: tuple[int, ...]
-    data_dir: str
-    methods: tuple[MethodPlan, ...] = ()  # --methods; empty: the design's own
-    report_to: str = "none"  # the tracker training runs and evaluations log to
-
-    @property
-    def plans(self) -> tuple[MethodPlan, ...]:
-        return self.methods or self.design.methods
-
-    def seed_folder(self, seed: int) -> Path:
-        return self.out / f"seed-{seed}"
-
-    def results_folder(self, seed: int, method: str) -> Path:
-        return self.seed_folder(seed) / f"results_{method}"
-
-    def analysis_folder(self, seed: int, mode: str) -> Path:
-        return self.seed_folder(seed) / f"analysis-{mode}"
-
-    @property
-    def zero_shot_folder(self) -> Path:
-        return self.out / ZERO_SHOT
-
-    @property
-    def log_folder(self) -> Path:
-        return self.out / "logs"
-
-    def plan(self, name: str) -> MethodPlan:
-        return next(plan for plan in self.plans if plan.name == name)
-
-    def train_settings(self, seed: int, name: str) -> dict[str, Any]:
-        """The run's flags: the design's settings for the method, then where and how this study runs it."""
-        tracking = {"report_to": self.report_to} if self.report_to != "none" else {}
-        return {
-            **self.design.run_settings(self.plan(name)),
-            "seed": seed,
-            "output_folder": str(self.results_folder(seed, name)),
-            "data_dir": self.data_dir,
-            **tracking,
-            "resume": True,  # an interrupted run of this configuration continues instead of starting over
-        }
-
-    def steps(self) -> list[Step]:
-        steps, gpu = [], self.design.needs_gpu
-        if self.design.zero_shot:
-            target = ["--model_name", self.design.model_name, "--output_dir", str(self.zero_shot_folder)]
-            protocol = self.design.train_settings.get("protocol", DEFAULT_PROTOCOL)
-            target += ["--protocol", protocol] if protocol != DEFAULT_PROTOCOL else []  # the trained runs' prompts
-            steps += [self._eval_step(ZERO_SHOT, ZERO_SHOT, target, plan, ()) for plan in self.design.evaluations]
-        for seed in self.seeds:
-            for method in self.plans:
-                settings = self.train_settings(seed, method.name)
-                label, train_id = f"seed {seed}: {method.name}", f"seed-{seed}.{method.name}.train"
-                steps.append(Step(train_id, f"{label} training", ("train", *to_flags(settings)), (), gpu,
-                                  RunConfig(**settings)))  # fmt: skip
-                ckpt = ["--ckpt", str(self.results_folder(seed, method.name))]
-                steps += [self._eval_step(f"seed-{seed}.{method.name}", label, ckpt, plan, (train_id,))
-                          for plan in self.design.evaluations]  # fmt: skip
-            steps += [self._analysis_step(seed, plan.mode) for plan in self.design.evaluations]
-        return steps
-
-    def method_folders(self, seed: int) -> list[Path]:
-        trained = [self.results_folder(seed, m.name) for m in self.plans]
-        return ([self.zero_shot_folder] if self.design.zero_shot else []) + trained
-
-    def _eval_id(self, owner: str, mode: str) -> str:
-        return f"{owner}.eval-{mode}"
-
-    def _eval_step(self, owner: str, label: str, target: list[str], plan: EvalPlan, needs: tuple[str, ...]) -> Step:
-        tracking = {"report_to": self.report_to} if self.report_to != "none" and owner != ZERO_SHOT else {}
-        settings = {
-            "dataset": self.design.benchmarks,
-            "eval_mode": plan.mode,
-            "max_eval_samples": plan.samples,
-            **plan.settings,
-            "data_dir": self.data_dir,
-            **tracking,
-        }
-        argv = ("eval", *target, *to_flags(settings))
-        return Step(self._eval_id(owner, plan.mode), f"{label} evaluation ({plan.mode})", argv, needs,
-                    self.design.needs_gpu)  # fmt: skip
-
-    def _analysis_step(self, seed: int, mode: str) -> Step:
-        folders = [str(f) for f in self.method_folders(seed)]
-        out = str(self.analysis_folder(seed, mode))
-        owners = ([ZERO_SHOT] if self.design.zero_shot else []) + [f"seed-{seed}.{m.name}" for m in self.plans]
-        needs = tuple(self._eval_id(owner, mode) for owner in owners)
-        return Step(f"seed-{seed}.analysis-{mode}", f"seed {seed}: analysis ({mode})",
-                    ("analyze", *folders, "--out", out, "--mode", mode), needs)  # fmt: skip
+    study: str | None = None  # a study file or a shipped study's name (default cpu-small)
+    preset: str | None = None  # the same as study; give one of the two
+    seeds: int | None = None  # train over this many seeds (default: the study's)
+    methods: str | None = None  # comma-separated methods of the study (default: its own)
+    # overrides of the study file
+    model_name: str | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    datasets: str | None = None
+    eval_modes: str | None = None
+    report_to: str = "none"
+    out: str | None = None  # study folder; default reproduce_<study>
+    page: str | None = None  # results page; default docs/results/<study>.md for an unchanged shipped study
+    dry_run: bool = False  # print the plan and its commands; run nothing
+    render_only: bool = False  # rewrite the page and plots from its summary.json; run nothing
+    note: list[str] = dataclasses.field(default_factory=list)  # sentences the page shows under its title
+    # where the steps run
+    executor: str = "local"  # local, ray or slurm
+    workers: int | None = None
+    gpus: str | None = None
+    ray_address: str | None = None
+    slurm_cluster: str = "slurm"
+    slurm_partition: str | None = None
+    slurm_time_min: int | None = None
+    slurm_gpus_per_job: int | None = None
+    slurm_sbatch: list[str] = dataclasses.field(default_factory=list)
+    data_dir: str = dataclasses.field(default_factory=default_data_dir)
 
 
-def to_flags(settings: dict[str, Any]) -> list[str]:
-    """Command-line flags for config fields: a true bool is a bare flag; a false one is left out, or --no-NAME
-    where a protocol sets it (default None); None is left out."""
-    flags = []
-    for name, value in settings.items():
-        if value is True:
-            flags.append(f"--{name}")
-        elif value is False and name in TRI_STATE_BOOLS:
-            flags.append(f"--no-{name}")
-        elif value is not None and value is not False:
-            flags += [f"--{name}", str(value)]
-    return flags
+def reproduce(request: Reproduction, command: str = "") -> None:
+    """Run (or with dry_run describe, with render_only re-render) a study and write its results page.
 
-
-# Bool fields left to a protocol or to "auto" (default None): false needs --no-NAME.
-TRI_STATE_BOOLS = {f.name for f in dataclasses.fields(RunConfig) if f.default is None and "bool" in str(f.type)}
-
-
-def seeds_for(count: int) -> tuple[int, ...]:
-    if count < 1:
-        raise UserError(f"--seeds must be at least 1, got {count}")
-    return tuple(range(BASE_SEED, BASE_SEED + count))
-
-
-def describe(study: Study) -> str:
-    """The plan as text: what the study is, what it costs, where it differs, and every command."""
-    design = study.design
-    lines = [f"# preset {design.name}: {design.summary}.", f"# seeds: {', '.join(map(str, study.seeds))}"]
-    if design.cost:
-        lines.append(f"# cost: {design.cost}")
-    lines += [f"# learning rate of {m.name}: {m.lr} ({m.lr_source})" for m in study.plans]
-    lines += [
-        f"# {m.name} trains without --{flag}: {why}"
-        for m in study.plans
-        for flag, why in design.dropped_settings(m.peft_type).items()
-    ]
-    lines += [f"# compared with the official code: {d}" for d in design.differences]
-    lines += [f"# note: {note}" for note in design.notes]
-    lines += [step.command for step in study.steps()]
-    return "\n".join(lines)
-
-
-def check_device(design: StudyDesign) -> None:
-    if design.needs_gpu and not torch.cuda.is_available():
-        raise UserError(
-            f"study {design.name} needs a CUDA GPU ({design.cost}); --dry_run prints its commands to run elsewhere, "
-            "--executor ray or slurm runs them on a cluster's GPUs"
-        )
-
-
-class StudyClock:
-    """The study's wall time on disk (study_time.json), added to after every step: a resumed study reports its
-    earlier invocations' time, and an invocation killed outright (SIGKILL, a lost session) loses only the step
-    it was running."""
-
-    def __init__(self, out: Path) -> None:
-        self.out, self.mark = out, time.perf_counter()
-
-    def record(self) -> float:
-        now = time.perf_counter()
-        total = add_study_time(self.out, now - self.mark)
-        self.mark = now
-        return total
-
-
-def add_study_time(out: Path, seconds: float) -> float:
-    """Add seconds to the study's total (study_time.json) and return the new total."""
-    path = out / STUDY_TIME_FILE
-    total = json.loads(path.read_text(encoding="utf-8"))["wall_time_s"] + seconds if path.exists() else seconds
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps({"wall_time_s": round(total, 1)}) + "\n")
-    return total
+    ``command`` is the shell command that asked for it, shown on the page ('' when unknown). Raises UserError
+    when a step did not finish (no page is written then).
+    """
+    if request.study is not None and request.preset is not None:
+        raise UserError(f"give the study once: {request.study} or --preset {request.preset}")
+    design = load_study(request.study or request.preset or "cpu-small")
+    overrides = (request.model_name, request.max_train_samples, request.max_eval_samples, request.datasets,
+                 request.eval_modes)  # fmt: skip
+    design = design.with_overrides(*overrides)
+    shipped = Path(design.source).parent == SHIPPED and not any(o is not None for o in overrides)
+    out, data_dir = Path(request.out or f"reproduce_{design.name}"), request.data_dir
+    if request.executor != "local":  # the steps run in other working directories, maybe on other nodes
+        out, data_dir = out.resolve(), ",".join(str(Path(d).resolve()) for d in data_dir.split(","))
+    page = Path(request.page or (f"docs/results/{design.name}.md" if shipped else out / f"{design.name}.md"))
+    if request.render_only:
+        print(f"results page: {rewrite_page(page, request.note)}")
+        return
+    seeds = seeds_for(design.seeds if request.seeds is None else request.seeds)
+    study = Study(design, out, seeds, data_dir, design.choose_methods(request.methods), request.report_to)
+    if request.dry_run:
+        print(describe(study))
+        return
+    slurm = {"partition": request.slurm_partition, "time_min": request.slurm_time_min,
+             "gpus_per_job": request.slurm_gpus_per_job, "sbatch": request.slurm_sbatch}  # fmt: skip
+    executor = choose_executor(request.executor, request.workers, request.gpus, request.ray_address, design.slurm,
+                               slurm, request.slurm_cluster, design.needs_gpu)  # fmt: skip
+    if request.executor == "local" and not request.gpus:
+        check_device(design)
+    outcomes, wall_time = run_study(study, executor, command or "the same peftbench reproduce command")
+    unfinished = [o for o in outcomes if o.state not in (FINISHED, DONE_BEFORE)]
+    if unfinished:
+        raise UserError(f"{len(unfinished)} of {len(outcomes)} steps did not finish (summary above); no results page")
+    print(f"results page: {write_results(study, page, command, wall_time, request.note)}")

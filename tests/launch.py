@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from peftbench.engines import free_port
+from peftbench.train.engines import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ class InProcess:
         self.execute = execute or cli.main
 
     def run(self, steps, logs, done):  # noqa: ANN001, ANN201
-        from peftbench.executors import FINISHED, ended, log_path, not_run
+        from peftbench.executors.base import FINISHED, ended, log_path, not_run
 
         outcomes = {}
         for step in steps:  # in dependency order

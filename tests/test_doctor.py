@@ -62,10 +62,24 @@ def test_the_memory_plan_check_runs_its_plan_and_two_real_steps_on_a_simulated_g
 
     tiny = GPTNeoConfig(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, max_position_embeddings=512,
                         attention_types=[[["global", "local"], 1]], window_size=256)  # fmt: skip
-    monkeypatch.setattr(doctor, "_gpt_neo", lambda layers: tiny)
+    monkeypatch.setattr(doctor, "gpt_neo_geometry", lambda layers: tiny)
     gpu = SimulatedGPU(total_bytes=40 * 2**20)  # activations of about 16 sequences of 256 tokens fit
     monkeypatch.setattr(doctor, "device_memory", lambda device: gpu)
     with gpu:
         result = doctor.check_memory_plan(Machine(torch.device("cpu"), torch.bfloat16))
     assert result.status == PASS, result.line()
     assert 1 <= result.values["micro_batch"] < 256 and result.values["real_bytes"] <= result.values["planned_bytes"]
+
+
+def test_the_ddp_comparison_passes_under_another_reduction_order_and_fails_without_the_all_reduce(cpu) -> None:
+    """What the check compares, without its processes: shares' gradients averaged in another grouping and order
+    (as another CPU's or library's reduction would) agree; one rank's gradient alone (no all-reduce) does not."""
+    whole = doctor.adapter_gradients(cpu)
+    exact = doctor.adapter_gradients(Machine(torch.device("cpu"), torch.float64))
+    quarters = [doctor.adapter_gradients(cpu, shares=4, share=index) for index in range(4)]
+    regrouped = {n: ((quarters[3][n] + quarters[2][n]) + (quarters[1][n] + quarters[0][n])) / 4 for n in whole}
+    difference, tolerance = doctor.gradient_agreement(regrouped, whole, exact)
+    assert 0 < tolerance < 1e-6 and difference <= tolerance
+    one_rank = doctor.adapter_gradients(cpu, shares=2, share=0)
+    difference, tolerance = doctor.gradient_agreement(one_rank, whole, exact)
+    assert difference > 1000 * tolerance

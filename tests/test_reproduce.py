@@ -11,16 +11,21 @@ import pytest
 from launch import InProcess
 
 from peftbench import cli
-from peftbench.analyze import to_markdown
+from peftbench.analyze.stats import holm
+from peftbench.cli.flags import build_config
+from peftbench.cli.main import build_parser
 from peftbench.config import RunConfig
 from peftbench.errors import UserError
-from peftbench.executors import FAILED, FINISHED, NOT_RUN, run_study
+from peftbench.executors.base import FAILED, FINISHED, NOT_RUN
+from peftbench.executors.driver import run_study
 from peftbench.methods import METHODS
-from peftbench.reproduce import STUDY_TIME_FILE, Study, describe, seeds_for
-from peftbench.results_page import SUMMARY_FILE, accuracy_rows, render_page, verdict, write_results
-from peftbench.runs import read_records
-from peftbench.stats import holm
-from peftbench.studies import EvalPlan, StudyDesign, load_study
+from peftbench.report.markdown import to_markdown
+from peftbench.runs.records import read_records
+from peftbench.studies.design import EvalPlan, StudyDesign
+from peftbench.studies.loader import load_study
+from peftbench.studies.page import accuracy_rows, render_page, verdict, write_results
+from peftbench.studies.plan import STUDY_TIME_FILE, Study, describe, seeds_for
+from peftbench.studies.summary import SUMMARY_FILE
 
 CPU_SMALL, PAPER = load_study("cpu-small"), load_study("paper")
 
@@ -35,10 +40,10 @@ def test_every_training_command_rebuilds_its_configuration(tmp_path: Path, data_
     # Zero-shot is evaluated once for all seeds; each trained method once per seed and mode.
     evals = [s for s in steps if s.argv[0] == "eval"]
     assert len(evals) == 2 + 2 * 4 * 2 and sum("--model_name" in s.argv for s in evals) == 2
-    parser = cli.build_parser()
+    parser = build_parser()
     lrs = {m.peft_type: m.lr for m in CPU_SMALL.methods}
     for step in trains:
-        assert cli.build_config(RunConfig, parser.parse_args(step.argv)) == step.run_config
+        assert build_config(RunConfig, parser.parse_args(step.argv)) == step.run_config
         assert step.run_config.lr == lrs[step.run_config.peft_type]
         rank = 16 if "r_ab" in METHODS[step.run_config.peft_type].flags else None  # fft and ia3 take none
         assert step.run_config.max_train_samples == 512 and step.run_config.r_ab == rank

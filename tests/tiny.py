@@ -16,7 +16,7 @@ DATA_DIR = f"{LLM_ADAPTERS},{SHARED_DATA}"  # --data_dir value that finds all ni
 
 def _corpus() -> list[str]:
     from peftbench.data.prompts import build_prompt
-    from peftbench.protocols import HIRA
+    from peftbench.data.protocols import HIRA
 
     texts = []
     for folder in ("boolq", "ARC-Easy", "openbookqa", "piqa", "social_i_qa", "winogrande", "hellaswag"):
@@ -65,3 +65,11 @@ def make_model_dir(path: Path, architecture: str = "gpt_neo", seed: int = 0) -> 
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def right_padded(lengths: list[int], vocabulary: int = 97) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random token ids, right-padded with 0, and their attention mask."""
+    width = max(lengths)
+    ids = torch.randint(1, vocabulary, (len(lengths), width), generator=torch.Generator().manual_seed(3))
+    mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return ids * mask, mask

@@ -9,20 +9,35 @@ import os
 import random
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from datasets import Dataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
-from peftbench.config import RunConfig
 from peftbench.data.prompts import IGNORE_INDEX, PROMPT_CODE_HASH, tokenize_batch
+from peftbench.data.protocols import Protocol, get_protocol
 from peftbench.data.sources import load_train_examples
 from peftbench.errors import UserError
-from peftbench.models import cache_root
-from peftbench.protocols import Protocol, get_protocol
+from peftbench.models.load import cache_root
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """The run settings the training data depend on (``RunConfig.data_settings()`` gives a run's)."""
+
+    dataset: str
+    data_dir: str
+    on_bad_record: str
+    protocol: str
+    val_set_size: int
+    seed: int
+    max_train_samples: int | None
+    max_length: int
+    train_on_inputs: bool
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -39,7 +54,7 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(f"{text}|{tokenizer.eos_token_id}".encode()).hexdigest()[:16]
 
 
-def tokenization_key(data_sha256: str, config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> str:
+def tokenization_key(data_sha256: str, config: DataSettings, tokenizer: PreTrainedTokenizerBase) -> str:
     """Everything the tokenized examples depend on; a change to any of it makes a new cache entry."""
     parts = {
         "data": data_sha256,
@@ -60,7 +75,7 @@ class TrainingData(NamedTuple):
     info: dict[str, Any]  # what output.jsonl records about the data
 
 
-def build_datasets(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> TrainingData:
+def build_datasets(config: DataSettings, tokenizer: PreTrainedTokenizerBase) -> TrainingData:
     """Seeded validation hold-out (as the official HiRA code), optional seeded subsample, tokenization.
 
     Tokenized sets are cached under ~/.cache/peftbench/tokenized (or $PEFTBENCH_CACHE), so a second run

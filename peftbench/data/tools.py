@@ -11,10 +11,10 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from peftbench.data.prompts import token_lengths, truncation
+from peftbench.data.protocols import HIRA, PROTOCOLS, Protocol
 from peftbench.data.registry import COMMON_170K, get_dataset
 from peftbench.data.sources import Loaded, load_test_examples, load_train_examples
 from peftbench.errors import UserError
-from peftbench.protocols import HIRA, PROTOCOLS, Protocol
 
 logger = logging.getLogger(__name__)
 

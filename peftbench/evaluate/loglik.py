@@ -17,10 +17,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from peftbench.data.prompts import eval_prompt_ids, scored_sequences
+from peftbench.data.protocols import Protocol
 from peftbench.data.registry import DatasetSpec
 from peftbench.data.sources import Example, answer_options
 from peftbench.evaluate.batching import FittedBatches
-from peftbench.protocols import Protocol
 
 
 @dataclass(frozen=True)

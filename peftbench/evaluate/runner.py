@@ -22,9 +22,9 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from peftbench.checkpoint import load_trained
 from peftbench.config import ZERO_SHOT, EvalConfig
 from peftbench.data.prompts import build_prompt, eval_prompt_ids, prompt_version
+from peftbench.data.protocols import DEFAULT_PROTOCOL, get_protocol
 from peftbench.data.registry import DatasetSpec, get_dataset, resolve_names
 from peftbench.data.sources import Example, load_test_examples
 from peftbench.errors import UserError
@@ -32,24 +32,12 @@ from peftbench.evaluate.extract import extract_answer
 from peftbench.evaluate.generate import generate_responses
 from peftbench.evaluate.loglik import score_questions
 from peftbench.methods import get_method
-from peftbench.models import (
-    Precision,
-    choose_precision,
-    load_base_model,
-    load_tokenizer,
-    model_fingerprint,
-    resolve_model_path,
-)
-from peftbench.protocols import DEFAULT_PROTOCOL, get_protocol
-from peftbench.runs import (
-    environment_record,
-    find_run_record,
-    load_run_config,
-    read_records,
-    resolve_checkpoint,
-    write_atomic,
-)
-from peftbench.tracking import log_evaluation
+from peftbench.models.load import load_base_model, load_tokenizer, model_fingerprint, resolve_model_path
+from peftbench.models.precision import Precision, choose_precision
+from peftbench.runs.checkpoint import load_trained
+from peftbench.runs.folders import resolve_checkpoint
+from peftbench.runs.records import environment_record, find_run_record, load_run_config, read_records, write_atomic
+from peftbench.runs.tracking import log_evaluation
 
 logger = logging.getLogger(__name__)
 

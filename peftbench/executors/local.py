@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from peftbench.errors import TrainingInterrupted
-from peftbench.executors import RUNNING, Outcome, log_path, run_command, run_when_ready
-from peftbench.reproduce import Step
+from peftbench.executors.base import RUNNING, Outcome, log_path, run_command, run_when_ready
+from peftbench.studies.plan import Step
 
 
 class LocalExecutor:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from peftbench.errors import UserError
-from peftbench.executors import (
+from peftbench.executors.base import (
     FAILED,
     FINISHED,
     Outcome,
@@ -22,7 +22,7 @@ from peftbench.executors import (
     not_run,
     run_command,
 )
-from peftbench.reproduce import Step
+from peftbench.studies.plan import Step
 
 
 def _run_task(step: Step, log: str, environment: dict[str, str], *needed: Outcome) -> Outcome:

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from peftbench.errors import TrainingInterrupted, UserError
-from peftbench.executors import Outcome, forwarded_environment, log_path, run_command, run_when_ready
-from peftbench.reproduce import Step
-from peftbench.studies import SlurmSettings
+from peftbench.executors.base import Outcome, forwarded_environment, log_path, run_command, run_when_ready
+from peftbench.studies.design import SlurmSettings
+from peftbench.studies.plan import Step
 
 CLUSTERS = ("slurm", "local")
 

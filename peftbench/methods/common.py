@@ -12,7 +12,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from peftbench.errors import UserError
-from peftbench.models import load_base_model
+from peftbench.models.load import load_base_model
 
 ADAPTABLE_TYPES = (nn.Linear, Conv1D)
 

@@ -9,7 +9,7 @@ from transformers import PreTrainedModel
 
 from peftbench.errors import UserError
 from peftbench.methods.common import AdapterSettings
-from peftbench.models import load_base_model
+from peftbench.models.load import load_base_model
 
 
 def apply(model: PreTrainedModel, settings: AdapterSettings) -> PreTrainedModel:

@@ -1,0 +1,7 @@
+"""``python -m peftbench.cli``: the same commands as the ``peftbench`` script (study steps run this way)."""
+
+import sys
+
+from peftbench.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,84 @@
+"""``EvalConfig``: what one evaluation does, validated where it is built (``peftbench eval``'s flags)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from peftbench.config.checks import TRACKERS, check_tracker, require_positive
+from peftbench.config.choices import BAD_RECORD_MODES, EVAL_MODES, default_data_dir, flag_help
+from peftbench.data.protocols import PROTOCOLS, get_protocol
+from peftbench.data.registry import resolve_names
+from peftbench.errors import UserError
+
+
+@dataclass
+class EvalConfig:
+    """What one evaluation does: which model, which benchmark, how to decode."""
+
+    ckpt: str | None = field(default=None, metadata=flag_help("Checkpoint folder to evaluate (a run's checkpoint-N)."))
+    model_name: str | None = field(
+        default=None, metadata=flag_help("Evaluate this base model zero-shot instead of a checkpoint.")
+    )
+    dataset: str = field(default="boolq", metadata=flag_help("Benchmark(s): a name, a comma-separated list, or 'all'."))
+    eval_mode: str = field(
+        default="generate",
+        metadata=flag_help(
+            "generate: beam search + answer keyword (the papers' protocol); "
+            "loglik: argmax of each option's response log-probability.",
+            choices=EVAL_MODES,
+        ),
+    )
+    protocol: str | None = field(
+        default=None,
+        metadata=flag_help(
+            "Prompt and decoding protocol; default: the checkpoint's own (hira for a base model).",
+            choices=tuple(PROTOCOLS),
+        ),
+    )
+    batch: int = field(
+        default=16, metadata=flag_help("Questions per pass: generation prompts, or log-likelihood questions.")
+    )
+    beam_size: int | None = field(default=None, metadata=flag_help("Beams for generation. Protocol default (4)."))
+    max_new_tokens: int | None = field(
+        default=None, metadata=flag_help("Maximum generated tokens per answer. Protocol default (hira: 16).")
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata=flag_help("Evaluate a seeded sample of this many examples.")
+    )
+    load_bit: int = field(default=16, metadata=flag_help("Precision, as for training.", choices=(16, 32)))
+    seed: int = field(default=36, metadata=flag_help("Seed of the evaluation sample."))
+    output_dir: str | None = field(default=None, metadata=flag_help("Where results go; default the checkpoint folder."))
+    overwrite: bool = field(default=False, metadata=flag_help("Redo datasets whose complete results already exist."))
+    on_bad_record: str = field(
+        default="error",
+        metadata=flag_help("Test records that would be mislabelled: error or skip.", choices=BAD_RECORD_MODES),
+    )
+    report_to: str = field(
+        default="none",
+        metadata=flag_help("Log the accuracies to the tracker run of the checkpoint's training run.", choices=TRACKERS),
+    )
+    data_dir: str = field(default_factory=default_data_dir, metadata=flag_help("As for training."))
+
+    def __post_init__(self) -> None:
+        resolve_names(self.dataset)
+        check_tracker(self.report_to)
+        if self.eval_mode not in EVAL_MODES:
+            raise UserError(f"--eval_mode must be one of {', '.join(EVAL_MODES)}, got {self.eval_mode!r}")
+        if (self.ckpt is None) == (self.model_name is None):
+            raise UserError("give exactly one of --ckpt (a trained checkpoint) or --model_name (zero-shot)")
+        require_positive(
+            batch=self.batch,
+            beam_size=self.beam_size,
+            max_new_tokens=self.max_new_tokens,
+            max_eval_samples=self.max_eval_samples,
+        )
+        if self.ckpt is None and self.output_dir is None:
+            raise UserError("zero-shot evaluation (--model_name) needs --output_dir")
+
+    def with_protocol(self, name: str) -> EvalConfig:
+        """This configuration with the protocol fixed (the checkpoint's, unless --protocol was given) and the
+        decoding settings left unset taken from it."""
+        protocol = get_protocol(self.protocol or name)
+        unset = {k: v for k, v in protocol.eval_defaults.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, protocol=protocol.name, **unset)

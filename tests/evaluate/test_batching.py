@@ -1,0 +1,83 @@
+"""Evaluation batches that run out of GPU memory are retried smaller, with the same results."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from peftbench.data.prompts import build_prompt, eval_prompt_ids
+from peftbench.data.protocols import HIRA
+from peftbench.data.registry import get_dataset
+from peftbench.data.sources import load_test_examples
+from peftbench.errors import UserError
+from peftbench.evaluate.batching import FittedBatches
+from peftbench.evaluate.generate import generate_responses
+from peftbench.evaluate.loglik import score_questions
+from peftbench.models.load import load_tokenizer
+
+
+def test_a_batch_out_of_memory_is_retried_at_half_the_size_and_later_batches_keep_it(caplog) -> None:
+    sizes = []
+
+    def doubled(batch: list[int]) -> list[int]:
+        sizes.append(len(batch))
+        if len(batch) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return [2 * item for item in batch]
+
+    batches = FittedBatches(8)
+    with caplog.at_level(logging.WARNING):
+        assert batches.map(doubled, list(range(11))) == [2 * item for item in range(11)]
+    assert sizes == [8, 4, 2, 2, 2, 2, 2, 1] and batches.size == 2
+    assert "out of GPU memory at 8 per batch; continuing at 4" in caplog.text
+
+    def never_fits(batch: list[int]) -> list[int]:
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    with pytest.raises(UserError, match="one question alone runs out of GPU memory"):  # it cannot be split
+        FittedBatches(4).map(never_fits, [1, 2, 3, 4])
+
+
+@contextmanager
+def _memory_for_rows(model: torch.nn.Module, rows: int) -> Iterator[list[int]]:
+    """A model whose forward runs out of memory above ``rows`` rows, as a small GPU would; yields the row counts."""
+    seen: list[int] = []
+
+    def check(module, args, kwargs) -> None:  # noqa: ANN001
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        count = len(ids if ids is not None else kwargs["inputs_embeds"])
+        seen.append(count)
+        if count > rows:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    handle = model.register_forward_pre_hook(check, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("architecture", ["tiny_neo", "tiny_llama"])
+def test_scores_and_generations_out_of_memory_equal_those_that_fit(architecture: str, data_dir: str, request) -> None:
+    model_dir = request.getfixturevalue(architecture)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = load_tokenizer(str(model_dir))
+    examples = load_test_examples("arc_easy", data_dir).examples[:9]
+    prompts = [build_prompt(example, HIRA) for example in examples]
+    spec = get_dataset("arc_easy")
+    fitting = list(score_questions(model, tokenizer, examples, prompts, spec, HIRA, batch=2))
+    prompt_ids = eval_prompt_ids(tokenizer, prompts, HIRA)
+    generated = generate_responses(model, tokenizer, prompt_ids, 2, 3, 5)
+    with _memory_for_rows(model, rows=8) as seen:
+        squeezed = list(score_questions(model, tokenizer, examples, prompts, spec, HIRA, batch=8))
+        assert max(seen) > 8  # it did run out of memory
+        seen.clear()
+        assert generate_responses(model, tokenizer, prompt_ids, 8, 3, 5) == generated
+        assert max(seen) > 8
+    for (options, scores), (fit_options, fit) in zip(squeezed, fitting, strict=True):
+        assert options == fit_options and scores.logprobs == pytest.approx(fit.logprobs, abs=1e-4)
