@@ -14,7 +14,7 @@ export PEFTBENCH_DATA_DIR := $(DATA_DIR)
 # The optional extras the tests exercise (CI installs them all): make setup EXTRAS=dev for the least.
 EXTRAS ?= dev,deepspeed,ray,slurm,tensorboard,browser,docs
 
-.PHONY: setup demo reproduce test test-slow test-distributed test-browser docs lint clean
+.PHONY: setup demo reproduce test test-slow test-distributed test-browser test-hub docs lint clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,18 @@ test-slow: setup
 test-distributed: setup
 	$(PY) -m pytest -q -m distributed
 
+# A Hugging Face hub on 127.0.0.1: olah, in a virtual environment of its own (it pins psutil<6 and brings a web
+# server), serving test repositories under the real names.
+OLAH_VENV ?= .venv-olah
+# Beside it, the oldest `datasets` pyproject.toml allows, alone, for the tests to put first on the path.
+$(OLAH_VENV)/bin/olah-cli:
+	python3 -m venv $(OLAH_VENV)
+	$(OLAH_VENV)/bin/pip install -q "olah==0.5.4"
+	$(PY) -m pip install -q --no-deps --target $(OLAH_VENV)/datasets-floor "datasets==4.0.0"
+
+test-hub: setup $(OLAH_VENV)/bin/olah-cli
+	PEFTBENCH_OLAH=$(OLAH_VENV)/bin/olah-cli PEFTBENCH_DATASETS_FLOOR=$(OLAH_VENV)/datasets-floor $(PY) -m pytest -q -m hub
+
 # The interactive results page in headless Chromium (apt-get install chromium).
 test-browser: setup
 	$(PY) -m pytest -q -m browser
@@ -56,4 +68,4 @@ lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) demo_results results_* reproduce_* .pytest_cache site
+	rm -rf $(VENV) $(OLAH_VENV) demo_results results_* reproduce_* .pytest_cache site

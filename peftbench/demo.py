@@ -25,7 +25,7 @@ def run_demo(out: Path, data_dir: str, train_samples: int, eval_samples: int) ->
         RunConfig(
             peft_type="hira",
             model_name="smollm2-135m",
-            dataset="common_170k",
+            dataset="commonsense_mix",
             r_ab=16,
             target_modules="q_proj,k_proj,v_proj,up_proj,down_proj",
             batch=8,

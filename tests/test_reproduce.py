@@ -12,8 +12,8 @@ from launch import InProcess
 
 from peftbench import cli
 from peftbench.analyze.stats import holm
+from peftbench.cli.app import build_parser
 from peftbench.cli.flags import build_config
-from peftbench.cli.main import build_parser
 from peftbench.config import RunConfig
 from peftbench.errors import UserError
 from peftbench.executors.base import FAILED, FINISHED, NOT_RUN

@@ -2,6 +2,6 @@
 
 import sys
 
-from peftbench.cli.main import main
+from peftbench.cli.app import main
 
 sys.exit(main())

@@ -34,7 +34,7 @@ def run_list(args: argparse.Namespace) -> None:
     from peftbench.data.registry import ALL_DATASETS
     from peftbench.data.sources import load_test_examples
 
-    for spec in (s for s in ALL_DATASETS if not s.union_of):
+    for spec in (s for s in ALL_DATASETS if not s.training_only):
         try:
             loaded = load_test_examples(spec.name, args.data_dir)
             found = f"{len(loaded.examples)} test examples from {', '.join(loaded.origins)}"

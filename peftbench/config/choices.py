@@ -24,3 +24,9 @@ def default_data_dir() -> str:
 
 def flag_help(text: str, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
+
+
+HUB_REVISIONS_HELP = (
+    "Read these hub repositories (datasets and models) at these revisions: org/name=REVISION,... (a commit, branch "
+    "or tag). Default: a dataset's registry revision, else main; each is resolved to its commit and recorded."
+)

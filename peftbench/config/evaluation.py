@@ -6,10 +6,11 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from peftbench.config.checks import TRACKERS, check_tracker, require_positive
-from peftbench.config.choices import BAD_RECORD_MODES, EVAL_MODES, default_data_dir, flag_help
+from peftbench.config.choices import BAD_RECORD_MODES, EVAL_MODES, HUB_REVISIONS_HELP, default_data_dir, flag_help
 from peftbench.data.protocols import PROTOCOLS, get_protocol
 from peftbench.data.registry import resolve_names
 from peftbench.errors import UserError
+from peftbench.hub import parse_pins
 
 
 @dataclass
@@ -58,11 +59,13 @@ class EvalConfig:
         default="none",
         metadata=flag_help("Log the accuracies to the tracker run of the checkpoint's training run.", choices=TRACKERS),
     )
+    hub_revisions: str | None = field(default=None, metadata=flag_help(HUB_REVISIONS_HELP))
     data_dir: str = field(default_factory=default_data_dir, metadata=flag_help("As for training."))
 
     def __post_init__(self) -> None:
         resolve_names(self.dataset)
         check_tracker(self.report_to)
+        parse_pins(self.hub_revisions)
         if self.eval_mode not in EVAL_MODES:
             raise UserError(f"--eval_mode must be one of {', '.join(EVAL_MODES)}, got {self.eval_mode!r}")
         if (self.ckpt is None) == (self.model_name is None):

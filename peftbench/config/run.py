@@ -21,13 +21,15 @@ from peftbench.config.checks import (
     read_ds_config,
     require_positive,
 )
-from peftbench.config.choices import BAD_RECORD_MODES, default_data_dir, flag_help
+from peftbench.config.choices import BAD_RECORD_MODES, HUB_REVISIONS_HELP, default_data_dir, flag_help
 from peftbench.data.pipeline import DataSettings
 from peftbench.data.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
 from peftbench.data.registry import get_dataset
 from peftbench.errors import UserError
+from peftbench.hub import parse_pins
 from peftbench.methods import METHOD_FLAGS, METHODS, Method, get_method
 from peftbench.methods.common import AdapterSettings
+from peftbench.methods.mora import MORA_TYPES
 
 EVAL_STRATEGIES = ("no", "steps", "epoch")
 CHECKPOINT_RULES = ("loss", "answer_loss", "accuracy", "last")
@@ -80,7 +82,17 @@ class RunConfig:
     )
     virtual_tokens: int | None = field(
         default=None,
-        metadata=flag_help("Virtual tokens of prefix and prompt tuning (prefix 8 as official, prompt 20)."),
+        metadata=flag_help(
+            "Virtual tokens of prefix tuning, prompt tuning and P-Tuning (prefix 8 as official, prompt and ptuning 20)."
+        ),
+    )
+    mora_type: int | None = field(
+        default=None,
+        metadata=flag_help(
+            "MoRA's compression: 6 (RoPE, the paper's Eq. 9, its README's choice for small ranks) or 1 (sharing, "
+            "Eq. 6). Default 6.",
+            choices=MORA_TYPES,
+        ),
     )
     batch: int | None = field(default=None, metadata=flag_help("Per-device batch size. Protocol default."))
     grad_acc: int | None = field(default=None, metadata=flag_help("Gradient accumulation steps. Protocol default."))
@@ -174,6 +186,7 @@ class RunConfig:
         default="none",
         metadata=flag_help("Experiment tracker the run logs to (the Trainer's; README, 'Studies').", choices=TRACKERS),
     )
+    hub_revisions: str | None = field(default=None, metadata=flag_help(HUB_REVISIONS_HELP))
     data_dir: str = field(
         default_factory=default_data_dir,
         metadata=flag_help("Comma-separated folders holding <dataset>/{train,test}.json (env PEFTBENCH_DATA_DIR)."),
@@ -182,11 +195,14 @@ class RunConfig:
     def __post_init__(self) -> None:
         self.peft_type = self.peft_type.lower()
         check_tracker(self.report_to)
+        parse_pins(self.hub_revisions)
         method = get_method(self.peft_type)
         _reject_foreign_flags(self, method)
         self._fill_defaults(method)
         if "r_ab" in method.flags and self.r_ab <= 0:
             raise UserError(f"--r_ab must be a positive integer for {self.peft_type}, got {self.r_ab}")
+        if self.mora_type is not None and self.mora_type not in MORA_TYPES:
+            raise UserError(f"--mora_type must be one of {', '.join(map(str, MORA_TYPES))}, got {self.mora_type}")
         if self.load_bit not in (16, 32):
             raise UserError(f"--load_bit must be 16 or 32, got {self.load_bit}")
         get_dataset(self.dataset)
@@ -253,6 +269,7 @@ class RunConfig:
             virtual_tokens=self.virtual_tokens,
             total_steps=total_steps,
             keep_product=self.hira_keep_product,
+            mora_type=self.mora_type,
         )
 
     def data_settings(self) -> DataSettings:

@@ -16,11 +16,11 @@ from typing import Any, NamedTuple
 from datasets import Dataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
+from peftbench.cache import cache_root
 from peftbench.data.prompts import IGNORE_INDEX, PROMPT_CODE_HASH, tokenize_batch
 from peftbench.data.protocols import Protocol, get_protocol
 from peftbench.data.sources import load_train_examples
 from peftbench.errors import UserError
-from peftbench.models.load import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ def build_datasets(config: DataSettings, tokenizer: PreTrainedTokenizerBase) -> 
     lengths = [len(ids) for ids in train["input_ids"]]
     info = {
         "sources": loaded.origins,
+        "revisions": loaded.revisions,  # hub repository -> commit
         "sha256": loaded.sha256,
         "skipped_bad_records": loaded.skipped,
         "train_examples": len(data),

@@ -14,9 +14,9 @@ IGNORE_INDEX = -100  # label value the loss skips
 
 # The version of the prompt and tokenization code (this module and data/protocols.py). The tokenization cache and
 # every result record carry it, so a change to that code never reuses stale tokens or an old result:
-# tests/data/test_prompts.py fails when the code changes under the same version; give it a new value then. The
-# value is the hash of these two files' bytes before the layout change moved them (91ce570), kept so that the
-# results and caches written before still match.
+# tests/data/test_prompts.py fails on any change to these two files until it is judged (a new value where prompts
+# or tokens can change). The value is the hash of their bytes before the layout change moved them (91ce570), kept
+# so that the results and caches written before still match.
 PROMPT_CODE_HASH = "270c5a5da974"
 
 

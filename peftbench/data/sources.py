@@ -13,19 +13,16 @@ the record, ``"skip"`` drops it and logs a summary with locations.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
-import os
 import re
-import socket
-import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peftbench import hub
 from peftbench.data.converters import CONVERTERS, Example
 from peftbench.data.registry import DatasetSpec, get_dataset
 from peftbench.errors import UserError
@@ -43,6 +40,7 @@ class Loaded:
     origins: list[str]
     files: list[Path] = field(default_factory=list)  # local files, for the content hash
     skipped: int = 0
+    revisions: dict[str, str] = field(default_factory=dict)  # hub repository -> the commit its examples came from
 
     @property
     def sha256(self) -> str:
@@ -156,62 +154,32 @@ def _load_file(path: Path, spec: DatasetSpec, on_bad: str) -> Loaded:
     return loaded
 
 
-def hub_offline() -> bool:
-    import datasets
-
-    return bool(datasets.config.HF_HUB_OFFLINE)
-
-
-def go_offline(reason: str) -> None:
-    """Switch this process (and the processes it starts) to offline: without a network every later hub call
-    would retry for about 20 s before failing, for each dataset."""
-    import datasets
-    import huggingface_hub.constants
-
-    logger.warning("the Hugging Face hub is unreachable (%s): working offline from now on", reason)
-    datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
-    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
-
-
-def _unreachable(exc: BaseException) -> bool:
-    """Whether an error (or one it came from) says the network is down rather than that the data is absent."""
-    while exc is not None:
-        if isinstance(exc, ConnectionError | TimeoutError) or type(exc).__name__ in ("ConnectError", "ConnectTimeout"):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-@functools.cache
-def hub_unreachable() -> str | None:
-    """Why the hub cannot be reached (one TCP connection, 5 s at most, once per process), or None.
-    Without it the first dataset would spend ~20 s in huggingface_hub's retries to learn the same."""
-    from huggingface_hub.constants import ENDPOINT
-
-    host = urllib.parse.urlparse(ENDPOINT).hostname or ENDPOINT
-    try:
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError as exc:
-        return f"{host}: {exc}"
-    return None
-
-
 def _load_hub(spec: DatasetSpec, split: str, on_bad: str) -> Loaded:
+    """The split at the commit its revision names (``--hub_revisions`` pins another); the commit is recorded."""
     from datasets import load_dataset
 
-    hub = spec.hub
-    origin = f"hub:{hub.path}" + (f"/{hub.name}" if hub.name else "") + f"[{split}]"
-    if not hub_offline() and (reason := hub_unreachable()) is not None:
-        go_offline(reason)  # the local datasets cache still answers below
-    was_offline = hub_offline()
+    source = spec.hub
+    revision = hub.wanted_revision(source.path, source.revision)
+    commit = hub.resolve(source.path, "dataset", revision)
+    origin = f"hub:{source.path}" + (f"/{source.name}" if source.name else "") + f"@{commit}[{split}]"
     try:
-        rows = load_dataset(hub.path, hub.name, split=split)
+        rows = load_dataset(source.path, source.name, split=split, revision=commit)
     except Exception as exc:  # datasets raises many types for missing / unreachable data  # noqa: BLE001
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        if not was_offline and _unreachable(exc):
-            go_offline(reason)
-        raise UserError(f"{origin} could not be loaded ({reason})") from None
-    return _examples(((f"row {i}", dict(row)) for i, row in enumerate(rows)), spec, origin, True, on_bad)
+        raise UserError(f"{origin}: {_load_failure(exc, source.path, split)}") from None
+    convert = spec.schema is not None  # Commonsense-170K's file is already in the LLM-Adapters format
+    loaded = _examples(((f"row {i}", dict(row)) for i, row in enumerate(rows)), spec, origin, convert, on_bad)
+    loaded.revisions[source.path] = commit
+    return loaded
+
+
+def _load_failure(exc: BaseException, repo: str, split: str) -> str:
+    """A missing config or split named with what the repository has; anything else as the hub's own line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    if config := re.search(r"BuilderConfig '?([^' ]+)'? not found", text):
+        return f"no config {config.group(1)!r}: {text}"
+    if "Unknown split" in text or "split" in text.lower() and "not found" in text.lower():
+        return f"no split {split!r}: {text}"
+    return hub.failure_line(exc, repo, "dataset")
 
 
 def _load(spec: DatasetSpec, data_dir: str, kind: str, on_bad: str) -> Loaded:
@@ -235,7 +203,7 @@ def _load(spec: DatasetSpec, data_dir: str, kind: str, on_bad: str) -> Loaded:
 def load_test_examples(name: str, data_dir: str, on_bad: str = "error") -> Loaded:
     """A benchmark's test set (refusing bad records unless told to skip them)."""
     spec = get_dataset(name)
-    if spec.union_of:
+    if spec.training_only:
         raise UserError(f"{spec.name} is a training set and has no test split")
     return _load(spec, data_dir, "test", on_bad)
 
@@ -269,6 +237,7 @@ def load_train_examples(name: str, data_dir: str, on_bad: str = "skip") -> Loade
         [o for p in parts for o in p.origins],
         [f for p in parts for f in p.files],
         sum(p.skipped for p in parts),
+        {repo: commit for p in parts for repo, commit in p.revisions.items()},
     )
     if missing:
         logger.warning(

@@ -22,6 +22,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from peftbench import hub
 from peftbench.config import ZERO_SHOT, EvalConfig
 from peftbench.data.prompts import build_prompt, eval_prompt_ids, prompt_version
 from peftbench.data.protocols import DEFAULT_PROTOCOL, get_protocol
@@ -88,7 +89,7 @@ def load_eval_model(config: EvalConfig) -> EvalModel:
             "ckpt": None,
             "model_name": config.model_name,
             "peft_type": ZERO_SHOT,
-            "model_fingerprint": model_fingerprint(base_path, model),
+            "model_fingerprint": model_fingerprint(base_path),
             "base_fingerprint": None,
         }
     processes = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: several CPU processes talk over gloo
@@ -111,6 +112,7 @@ def sample_indices(total: int, limit: int | None, seed: int) -> list[int]:
 def evaluate(config: EvalConfig) -> list[dict[str, Any]]:
     """Evaluate on each requested dataset; with several, one whose data is missing is reported and skipped."""
     names = resolve_names(config.dataset)
+    hub.pin(config.hub_revisions)
     loaded = load_eval_model(config)
     config = config.with_protocol(loaded.trained_protocol)
     if config.protocol != loaded.trained_protocol:
@@ -242,7 +244,12 @@ def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[s
     result_path = loaded.output_dir / f"output_{spec.name}{suffix}_eval.jsonl"
     data_sha256 = loaded_data.sha256
     sample = sample_indices(len(examples), config.max_eval_samples, config.seed)
-    identity = {k: loaded.description[k] for k in MODEL_IDENTITY} | {"data_sha256": data_sha256}
+    # The hub commits the examples came from (None for local files, as in results written before they counted).
+    data_revisions = dict(loaded_data.revisions) or None
+    identity = {k: loaded.description[k] for k in MODEL_IDENTITY} | {
+        "data_sha256": data_sha256,
+        "data_revisions": data_revisions,
+    }
     if (done := finished_result(result_path, identity, len(sample), config)) is not None:
         return done
     processes = loaded.processes
@@ -275,6 +282,7 @@ def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[s
         "data_source": ", ".join(loaded_data.origins),
         "skipped_bad_records": loaded_data.skipped,
         "data_sha256": data_sha256,
+        "data_revisions": data_revisions,
         **loaded.description,
         "mode": config.eval_mode,
         "predictions_file": f"predictions_{spec.name}{suffix}.json",

@@ -19,12 +19,29 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from peftbench.errors import UserError
-from peftbench.methods import adalora, dora, fft, hira, ia3, loha, lokr, lora, oft, pissa, prefix, prompt, vera
+from peftbench.methods import (
+    adalora,
+    dora,
+    fft,
+    hira,
+    ia3,
+    loha,
+    lokr,
+    lora,
+    mora,
+    oft,
+    pissa,
+    prefix,
+    prompt,
+    ptuning,
+    vera,
+)
 from peftbench.methods.common import AdapterSettings, load_adapter
 
 # RunConfig fields that only some methods are built from; giving one to a method that is not is an error.
 METHOD_FLAGS = (
     *("r_ab", "lora_alpha", "lora_dropout", "hira_dropout", "hira_keep_product", "target_modules", "virtual_tokens"),
+    "mora_type",
 )
 LORA_FLAGS = ("r_ab", "lora_alpha", "lora_dropout", "target_modules")
 
@@ -52,8 +69,15 @@ class Method:
     resume_limit: str | None = None  # why a run cannot continue from a checkpoint; None: it can
     refuses: dict[str, str] = field(default_factory=dict)  # RunConfig bool flag -> why the method cannot take it
     sharding_limit: str | None = None  # why it cannot train under DeepSpeed ZeRO or FSDP; None: it can
+    peft_load_limit: str | None = None  # why plain PEFT cannot load its adapter files; None: it can
 
 
+# PEFT saves a soft prompt by running its encoder on the saving process alone; under ZeRO-3 or FSDP the encoder's
+# weights are sharded, so that forward would wait on processes that never run it (not tested: refused until it is).
+_SOFT_PROMPT_SHARDING = (
+    "PEFT saves its prompt by running the prompt encoder on one process, whose weights ZeRO-3 and FSDP shard over "
+    "all of them; use DDP (torchrun without --ds_config or --fsdp)"
+)
 _LORA_SOURCE = "LLM-Adapters finetune.py (lora_alpha 16 at r 8, lora_dropout 0.05)"
 
 # The specification's four first, in its order (analysis rows follow this order), then the other baselines.
@@ -92,6 +116,20 @@ METHODS: dict[str, Method] = {
             defaults={"lora_dropout": 0.05},
             sources={"lora_alpha": "DoRA commonsense scripts (alpha 2r)", "lora_dropout": "DoRA commonsense scripts"},
             alpha_per_rank=2.0,
+        ),
+        Method(
+            "mora",
+            "square r̂ × r̂ update between fixed compression and decompression maps: high rank at LoRA's count",
+            mora.apply,
+            flags=("r_ab", "lora_dropout", "mora_type", "target_modules"),
+            defaults={"lora_dropout": 0.05, "mora_type": 6},
+            sources={
+                "lora_dropout": "official MoRA code (kongds/MoRA), train.py: lora_dropout 0.05",
+                "mora_type": "official MoRA README: type 6 (RoPE, Eq. 9) for small ranks, type 1 for large ones",
+            },
+            load=mora.load,
+            peft_load_limit="PEFT has no MoRA: it ignores use_mora and mora_type and stops on the square's shape; "
+            "load with peftbench or the official MoRA fork of PEFT (docs/methods.md)",
         ),
         Method(
             "pissa",
@@ -158,6 +196,7 @@ METHODS: dict[str, Method] = {
             merge_limit="prefix tuning adds virtual tokens, not a weight change",
             # transformers 5 drops past_key_values in checkpointed layers while PEFT widens the mask for them
             refuses={"enable_grad_ckpt": "gradient checkpointing drops the prefix's keys and values in transformers"},
+            sharding_limit=_SOFT_PROMPT_SHARDING,
         ),
         Method(
             "prompt",
@@ -167,6 +206,21 @@ METHODS: dict[str, Method] = {
             defaults={"virtual_tokens": 20},
             sources={"virtual_tokens": "Lester et al. 2021 §3 (gains level off from 20 tokens)"},
             merge_limit="prompt tuning adds virtual tokens, not a weight change",
+            sharding_limit=_SOFT_PROMPT_SHARDING,
+        ),
+        Method(
+            "ptuning",
+            "input embeddings of virtual tokens produced by a trained MLP from trained embeddings (P-Tuning)",
+            ptuning.apply,
+            flags=("virtual_tokens",),
+            defaults={"virtual_tokens": 20},
+            sources={
+                "virtual_tokens": "arithmetic: the one count whose PEFT MLP encoder gives the HiRA paper's P-Tuning "
+                "shares, 0.7428% (Llama-2-7B) and 0.6240% (Llama-3-8B)"
+            },
+            merge_limit="P-Tuning adds virtual tokens, not a weight change",
+            resume_limit="PEFT saves P-Tuning's virtual-token embeddings after its MLP, not the MLP that trains",
+            sharding_limit=_SOFT_PROMPT_SHARDING,
         ),
     )
 }

@@ -28,6 +28,7 @@ class AdapterSettings:
     virtual_tokens: int | None = None
     total_steps: int | None = None  # optimizer steps of the whole run (AdaLoRA's rank schedule)
     keep_product: bool = False  # HiRA: keep W0 ⊙ (1 + BA) for backward
+    mora_type: int | None = None  # MoRA's compression (mora.MORA_TYPES)
 
 
 def _names(target: str, module_name: str) -> bool:

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from peftbench import hub
+from peftbench.cache import cache_root
 from peftbench.errors import UserError
 from peftbench.models.kernels import use_efficient_kernels
 
@@ -28,10 +30,6 @@ def use_local_files_only() -> None:
     each hub call retries for minutes before it fails."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("PEFTBENCH_CACHE", Path.home() / ".cache" / "peftbench"))
 
 
 def _embedded_model_dir(name: str) -> Path:
@@ -90,14 +88,15 @@ def load_base_model(path: str, dtype: torch.dtype) -> PreTrainedModel:
 
 
 def _from_pretrained(loader: type, path: str, **kwargs: object):
+    """A local folder as it is; a hub model at the commit its revision names (``--hub_revisions`` pins another)."""
+    local = Path(path).is_dir()
+    if not local:
+        kwargs["revision"] = hub.resolve(path, "model", hub.wanted_revision(path))
     try:
         return loader.from_pretrained(path, **kwargs)
     except OSError as exc:
-        offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-        raise UserError(
-            f"cannot load {path!r}{offline}: not a local model folder and not reachable on the Hugging Face hub; "
-            f"use --model_name smollm2-135m (embedded) or a local path"
-        ) from exc
+        reason = str(exc).strip().splitlines()[0] if local else hub.failure_line(exc, path, "model")
+        raise UserError(f"cannot load {path!r}: {reason}") from exc
 
 
 # Files whose contents decide what a model computes; tokenizer files count too (they decide the input ids).
@@ -110,15 +109,14 @@ _FINGERPRINTED = (
 _fingerprints: dict[tuple[str, ...], str] = {}
 
 
-def model_fingerprint(path: str, model: PreTrainedModel | None = None) -> str:
+def model_fingerprint(path: str) -> str:
     """Content identity of a model folder (weights, config, tokenizer), or of a hub model's revision.
 
     A local folder is hashed file by file (sha256; about 1 s per GB here, cached per process by size and
     mtime); a hub id is named by the commit its files came from."""
     folder = Path(path)
-    if not folder.is_dir():
-        revision = getattr(getattr(model, "config", None), "_commit_hash", None)
-        return f"hub:{path}@{revision or 'unknown-revision'}"
+    if not folder.is_dir():  # the commit it was loaded at (resolved, and remembered, when it loaded)
+        return f"hub:{path}@{hub.resolve(path, 'model', hub.wanted_revision(path))}"
     files = sorted({f for pattern in _FINGERPRINTED for f in folder.glob(pattern) if f.is_file()})
     key = tuple(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
     if key not in _fingerprints:

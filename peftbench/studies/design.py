@@ -77,6 +77,7 @@ class StudyDesign:
     notes: tuple[str, ...] = ()
     published: PublishedRows | None = None
     slurm: SlurmSettings = SlurmSettings()
+    hub_revisions: str | None = None  # --hub_revisions of every run and evaluation: the repositories' pinned commits
     source: str = ""  # the file it was read from
 
     @property
@@ -92,7 +93,11 @@ class StudyDesign:
             k: v for k, v in self.train_settings.items() if (k not in METHOD_FLAGS or k in takes) and k not in dropped
         }
         return {"peft_type": plan.peft_type, "model_name": self.model_name, "dataset": self.dataset, **shared,
-                **plan.train_settings, "lr": plan.lr}  # fmt: skip
+                **plan.train_settings, "lr": plan.lr, **self.pins()}  # fmt: skip
+
+    def pins(self) -> dict[str, str]:
+        """The hub_revisions flag of its commands, where the study pins any."""
+        return {"hub_revisions": self.hub_revisions} if self.hub_revisions else {}
 
     def dropped_settings(self, peft_type: str) -> dict[str, str]:
         """Shared settings the method refuses (prefix tuning cannot checkpoint) -> why; they change memory, not

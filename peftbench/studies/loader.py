@@ -21,6 +21,7 @@ import yaml
 from peftbench.config import EVAL_MODES, EvalConfig, RunConfig
 from peftbench.data.registry import resolve_names
 from peftbench.errors import UserError
+from peftbench.hub import parse_pins
 from peftbench.methods import METHODS
 from peftbench.published import published_rows
 from peftbench.studies.design import EvalPlan, MethodPlan, PublishedRows, SlurmSettings, StudyDesign
@@ -29,12 +30,21 @@ SHIPPED = Path(__file__).parent
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 # RunConfig fields a study sets itself, per run: not part of a budget or a method's settings.
 PER_RUN = {"peft_type", "model_name", "dataset", "seed", "lr", "output_folder", "data_dir", "resume",
-           "resume_from_checkpoint"}  # fmt: skip
-PER_EVALUATION = {"ckpt", "model_name", "dataset", "eval_mode", "max_eval_samples", "output_dir", "data_dir"}
+           "resume_from_checkpoint", "hub_revisions"}  # fmt: skip
+PER_EVALUATION = {
+    "ckpt",
+    "model_name",
+    "dataset",
+    "eval_mode",
+    "max_eval_samples",
+    "output_dir",
+    "data_dir",
+    "hub_revisions",
+}
 TOP_KEYS = {"name": str, "summary": str, "model": str, "dataset": str, "benchmarks": str, "protocol": str,
             "budget": dict, "methods": list, "more_methods": list, "evaluations": list, "seeds": int,
             "zero_shot": bool, "needs_gpu": bool, "offline": bool, "cost": str, "differences": list,
-            "notes": list, "published": dict, "slurm": dict}  # fmt: skip
+            "notes": list, "published": dict, "slurm": dict, "hub_revisions": dict}  # fmt: skip
 SCALAR_KEYS = ("name", "summary", "model", "dataset", "seeds", "zero_shot", "needs_gpu", "offline", "cost")
 DEFAULTED_KEYS = ("seeds", "zero_shot", "needs_gpu", "offline", "cost")  # StudyDesign's defaults stand when absent
 
@@ -148,6 +158,20 @@ class _Reader:
     def texts(self, value: Any, where: str) -> tuple[str, ...]:
         return tuple(self.typed(item, str, f"{where}[{index}]") for index, item in enumerate(self.listed(value, where)))
 
+    def hub_revisions(self, value: Any) -> str | None:
+        """``{org/name: revision}``: every run and evaluation of the study reads these repositories at these."""
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.fail("hub_revisions", f"expected a mapping of org/name: revision, got {type(value).__name__}")
+        setting = ",".join(f"{repo}={self.typed(revision, str, f'hub_revisions.{repo}')}"
+                           for repo, revision in value.items())  # fmt: skip
+        try:
+            parse_pins(setting)
+        except UserError as exc:
+            self.fail("hub_revisions", str(exc).removeprefix("--hub_revisions "))
+        return setting or None
+
     def published(self, value: Any) -> PublishedRows | None:
         if value is None:
             return None
@@ -210,6 +234,7 @@ class _Reader:
             notes=self.texts(content.get("notes", []), "notes"),
             published=self.published(content.get("published")),
             slurm=self.slurm(content.get("slurm")),
+            hub_revisions=self.hub_revisions(content.get("hub_revisions")),
             source=str(self.path),
         )
         self.check_published_methods(design)

@@ -133,6 +133,7 @@ class Study:
             "eval_mode": plan.mode,
             "max_eval_samples": plan.samples,
             **plan.settings,
+            **self.design.pins(),
             "data_dir": self.data_dir,
             **tracking,
         }

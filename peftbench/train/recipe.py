@@ -36,13 +36,14 @@ from transformers import (
 )
 from transformers.trainer_utils import TrainOutput
 
+from peftbench import hub
 from peftbench.config import RunConfig
 from peftbench.data.pipeline import TrainingData, build_datasets
 from peftbench.errors import UserError
 from peftbench.methods import Method, get_method
 from peftbench.models.device import DeviceMemory, device_memory, peak_memory
 from peftbench.models.kernels import kernel_names
-from peftbench.models.load import load_base_model, load_tokenizer, resolve_model_path
+from peftbench.models.load import load_base_model, load_tokenizer, model_fingerprint, resolve_model_path
 from peftbench.models.precision import Precision, choose_precision, count_parameters
 from peftbench.runs.folders import ResumePoint, choose_run_folder
 from peftbench.runs.records import RUN_RECORD, append_record, environment_record
@@ -133,6 +134,7 @@ def _setup(config: RunConfig) -> _Setup:
     """In the order that matters: the data before the model (fail fast), the process group before anything
     broadcasts, the model once the Trainer's settings exist (ZeRO-3 loads it sharded under them)."""
     set_seed(config.seed)
+    hub.pin(config.hub_revisions)
     method = get_method(config.peft_type)
     precision = choose_precision(config.load_bit, full_finetune=method.full_finetune)
     model_path = resolve_model_path(config.model_name)
@@ -221,6 +223,7 @@ def _first_record(setup: _Setup, execution: Execution, tracking: dict[str, Any])
     return {
         "config": dataclasses.asdict(config),
         "model_path": setup.model_path,
+        "model_fingerprint": model_fingerprint(setup.model_path),  # a hub model's commit
         "precision": precision.name,
         "precision_policy": precision.policy(setup.model) | engine_precision(config.ds_config, precision.autocast),
         "parameters": setup.parameters,

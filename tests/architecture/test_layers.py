@@ -2,7 +2,7 @@
 
 The flow, bottom to top (a package may import its own modules and those of the packages below it):
 
-    errors → models → methods → data, published → config → runs → evaluate → train → analyze → report
+    errors, cache → hub → models → methods → data, published → config → runs → evaluate → train → analyze → report
     → studies → executors → bench, doctor, demo, reproduce → cli
 
 Imports inside functions count the same as those at the top of a file: a lazy import must not hide a cycle.
@@ -19,7 +19,8 @@ import peftbench
 
 PACKAGE = Path(peftbench.__file__).parent
 LAYERS: list[set[str]] = [
-    {"errors"},
+    {"errors", "cache"},
+    {"hub"},
     {"models"},
     {"methods"},
     {"data", "published"},

@@ -32,7 +32,7 @@ def trained_run(tiny_neo: Path, data_dir: str, tmp_path_factory: pytest.TempPath
     result = train_hira(
         "--peft_type=lora", f"--model_name={tiny_neo}", "--r_ab=4", "--target_modules=q_proj,v_proj",
         "--batch=4", "--grad_acc=2", "--lr=1e-2", "--epoch=1", "--load_bit=16", "--enable_grad_ckpt",
-        "--dataset=common_170k", "--seed=36", "--warmup=2", "--eval_strategy=steps", "--eval_steps=4",
+        "--dataset=commonsense_mix", "--seed=36", "--warmup=2", "--eval_strategy=steps", "--eval_steps=4",
         "--max_steps=8", "--max_train_samples=96", "--val_set_size=16", "--logging_steps=1", f"--data_dir={data_dir}",
         "--output_folder=results_lora",
         "--save_total_limit=0",  # keep every checkpoint: the hira protocol keeps only the best (official default 1)
@@ -44,7 +44,7 @@ def trained_run(tiny_neo: Path, data_dir: str, tmp_path_factory: pytest.TempPath
 
 
 def test_training_writes_the_specification_layout(trained_run: Path) -> None:
-    assert re.fullmatch(r"tiny_neo0-common_170k-lora-lr=0\.01-seed=36-\d{8}-\d{6}", trained_run.name)
+    assert re.fullmatch(r"tiny_neo0-commonsense_mix-lora-lr=0\.01-seed=36-\d{8}-\d{6}", trained_run.name)
     assert {"checkpoint-4", "checkpoint-8", "output.jsonl", "trainer_state.json", "training_args.bin"} <= {
         p.name for p in trained_run.iterdir()
     }
@@ -110,9 +110,9 @@ BAD_INPUTS = [
     (["--peft_type=adapterx"], "invalid choice: 'adapterx'"),
     (["--peft_type=lora", "--dataset=mmlu"], "unknown dataset 'mmlu'"),
     (["--peft_type=hira", "--r_ab=0"], "--r_ab must be a positive integer for hira"),
-    (["--peft_type=lora", "--data_dir=/nonexistent"], "no training data for common_170k"),
+    (["--peft_type=lora", "--dataset=common_170k", "--data_dir=/nonexistent"], "no train data for common_170k"),
     (["--peft_type=lora", "--target_modules=query"], "--target_modules query not found in the model; its linear"),
-    (["--peft_type=lora", "--model_name=no-such-org/no-such-model"], "use --model_name smollm2-135m"),
+    (["--peft_type=lora", "--model_name=no-such-org/no-such-model"], "--model_name smollm2-135m (embedded)"),
     (["--ckpt=CKPT_WITHOUT_RECORD", "--dataset=boolq"], "no output.jsonl in"),
     (["--ckpt=x", "--peft_type=lora"], "--peft_type is a training flag"),
     (["--peft_type=lora", "--beam_size=4"], "--beam_size applies to evaluation only"),
@@ -130,6 +130,8 @@ def test_bad_input_gives_one_error_line_and_exit_2(
     defaults = [] if any(f.startswith(("--ckpt", "--model_name")) for f in flags) else [f"--model_name={tiny_neo}"]
     if not any(f.startswith("--data_dir") for f in flags):
         defaults.append(f"--data_dir={data_dir}")
+    if not any(f.startswith(("--dataset", "--ckpt")) for f in flags):
+        defaults.append("--dataset=commonsense_mix")  # what the local data can train offline
     result = train_hira(*defaults, *flags, cwd=tmp_path, HF_HUB_OFFLINE="1")
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

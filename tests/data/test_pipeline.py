@@ -51,12 +51,12 @@ def test_prepare_writes_a_folder_that_works_as_data_dir(tmp_path, data_dir) -> N
     assert len(json.loads((out / "boolq" / "train.json").read_text())) == 9427
     csqa = json.loads((out / "commonsense_qa" / "test.json").read_text())
     assert len(csqa) == 1221 and csqa[0]["answer"] == "answer1"
-    assert len(json.loads((out / "commonsense_170k.json").read_text())) == 9427 + 2251 + 1119 + 4957
+    assert len(json.loads((out / "commonsense_170k.json").read_text())) == 9427 + 2251 + 1119 + 4957  # the stand-in
 
     from peftbench.data.sources import load_test_examples, load_train_examples
 
     assert load_test_examples("csqa", str(out)).files == [out / "commonsense_qa" / "test.json"]
-    assert load_train_examples("common_170k", str(out)).files == [out / "commonsense_170k.json"]
+    assert load_train_examples("commonsense_mix", str(out)).files == [out / "boolq" / "train.json"]
 
 
 def test_stats_count_labels_lengths_and_truncation(tokenizer, data_dir) -> None:

@@ -168,8 +168,8 @@ def test_protocol_defaults_reach_the_trainer_and_flags_override_them() -> None:
 
 
 def test_flags_override_the_protocol_on_the_command_line() -> None:
+    from peftbench.cli.app import build_parser
     from peftbench.cli.flags import build_config
-    from peftbench.cli.main import build_parser
 
     args = build_parser().parse_args(["train", "--protocol", "llm-adapters", "--no-train_on_inputs", "--warmup", "3"])
     config = build_config(RunConfig, args)

@@ -17,7 +17,7 @@ def test_nine_benchmarks_and_the_aliases_of_the_official_code() -> None:
     ]  # fmt: skip
     for alias, name in [("social_i_qa", "siqa"), ("hellas", "hellaswag"), ("winog", "winogrande"),
                         ("ARC-Easy", "arc_easy"), ("arcc", "arc_challenge"), ("openbookqa", "obqa"),
-                        ("commonsense_qa", "csqa"), ("common_170k", "common_170k")]:  # fmt: skip
+                        ("commonsense_qa", "csqa"), ("commonsense_170k", "common_170k")]:  # fmt: skip
         assert get_dataset(alias).name == name
 
 
@@ -48,21 +48,28 @@ def test_commonsense_qa_official_schema_is_converted(data_dir) -> None:
     assert {e["answer"] for e in examples} == {f"answer{i}" for i in range(1, 6)}
 
 
-def test_common_170k_is_rebuilt_from_task_train_files_with_a_warning(caplog) -> None:
+def test_the_commonsense_mix_is_built_from_the_task_train_files_with_a_warning(caplog) -> None:
     with caplog.at_level(logging.WARNING):
-        loaded = load_train_examples("common_170k", str(LLM_ADAPTERS))
+        loaded = load_train_examples("commonsense_mix", str(LLM_ADAPTERS))
     assert len(loaded.examples) == 9427 + 2251 + 1119 + 4957
     assert [p.parent.name for p in loaded.files] == ["boolq", "ARC-Easy", "ARC-Challenge", "openbookqa"]
     assert "missing tasks: piqa, siqa, hellaswag, winogrande" in caplog.text
 
 
+def test_commonsense_170k_is_its_own_file_never_the_mix() -> None:
+    """Offline, with the four tasks' train files but not the file, it is an error that names the hub source."""
+    with pytest.raises(UserError, match=r"no train data for common_170k: looked for common_170k/\{commonsense_170k"
+                                        r".*zwhe99/commonsense_170k@main is not in the cache"):  # fmt: skip
+        load_train_examples("common_170k", str(LLM_ADAPTERS))
+
+
 def test_missing_data_names_what_was_looked_for(tmp_path) -> None:
     with pytest.raises(
-        UserError, match=r"no test data for piqa: looked for piqa/\{test.json, valid.jsonl\}.*hub:ybisk"
+        UserError, match=r"no test data for piqa: looked for piqa/\{test.json, valid.jsonl\}.*ybisk/piqa@refs/convert"
     ):
         load_test_examples("piqa", str(tmp_path))
-    with pytest.raises(UserError, match="no training data for common_170k"):
-        load_train_examples("common_170k", str(tmp_path))
+    with pytest.raises(UserError, match="no training data for commonsense_mix"):
+        load_train_examples("commonsense_mix", str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -142,20 +149,3 @@ def test_bad_lines_of_release_files_are_skipped_or_refused_with_their_line(tmp_p
         load_test_examples("winogrande", str(tmp_path))
     loaded = load_test_examples("winogrande", str(tmp_path), on_bad="skip")
     assert len(loaded.examples) == 1 and loaded.skipped == 3
-
-
-def test_hub_source_reads_through_datasets(tmp_path, monkeypatch) -> None:
-    """The hub path, with `datasets` pointed at a local folder in the hub's schema (no network)."""
-    import dataclasses
-
-    from peftbench.data import registry, sources
-
-    folder = tmp_path / "hub_boolq"
-    folder.mkdir()
-    rows = [{"question": "is it", "answer": i % 2 == 0, "passage": "p"} for i in range(5)]
-    (folder / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    spec = dataclasses.replace(registry.get_dataset("boolq"), hub=registry.HubSource(str(folder)))
-    monkeypatch.setattr(sources, "get_dataset", lambda name: spec)
-    loaded = load_test_examples("boolq", str(tmp_path / "no_local_files"))
-    assert [e["answer"] for e in loaded.examples] == ["true", "false", "true", "false", "true"]
-    assert loaded.origins == [f"hub:{folder}[validation]"] and len(loaded.sha256) == 16

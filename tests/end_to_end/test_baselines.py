@@ -97,7 +97,7 @@ def test_a_method_that_cannot_resume_says_so(method: str, tiny_llama: Path, data
             resume_from_checkpoint=str(first.run_dir / "checkpoint-4"), eval_strategy="no")  # fmt: skip
 
 
-@pytest.mark.parametrize("method", ["dora", "pissa", "prefix"])
+@pytest.mark.parametrize("method", ["dora", "pissa", "mora", "prefix", "ptuning"])
 def test_export_merges_where_the_method_can_and_says_why_not_where_it_cannot(
     method: str, tiny_llama: Path, data_dir: str, tmp_path: Path
 ):
@@ -155,7 +155,7 @@ def test_the_registry_is_the_only_place_a_method_is_named():
     assert set(METHOD_FLAGS) >= {flag for method in METHODS.values() for flag in method.flags}
 
 
-@pytest.mark.parametrize("method", ["prefix", "prompt"])
+@pytest.mark.parametrize("method", ["prefix", "prompt", "ptuning"])
 def test_virtual_token_methods_generate_the_same_batched_as_alone(method: str, tiny_llama: Path):
     """Left padding in a batch must not move a prompt's tokens relative to the virtual ones."""
     model = (

@@ -41,11 +41,13 @@ def _assert_same_weights(ours: Path, theirs: Path, rtol: float = 1e-4, atol: flo
 
 
 # LoRA; prefix tuning (PEFT's prompt encoder outside the model); AdaLoRA (its penalty once per step, its rank
-# allocation from synchronised gradients).
+# allocation from synchronised gradients); MoRA (one module under two names); P-Tuning (an MLP outside the model).
 DDP_CASES = {
     "lora": {"lora_dropout": 0.0},
     "prefix": {"r_ab": None, "virtual_tokens": 4, "lr": 3e-2},
     "adalora": {"lora_dropout": 0.0},
+    "mora": {"lora_dropout": 0.0},
+    "ptuning": {"r_ab": None, "virtual_tokens": 4, "lr": 1e-2},
 }
 
 

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerState, TrainingArguments
 
 from peftbench.config import EvalConfig, RunConfig
+from peftbench.data import sources
 from peftbench.errors import UserError
 from peftbench.evaluate.runner import evaluate
 from peftbench.models.load import load_base_model
@@ -158,7 +159,7 @@ def test_two_evaluations_of_one_checkpoint_at_once_both_finish(tiny_neo, data_di
 
 
 def _cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, list[str]]:
-    from peftbench.cli.main import main
+    from peftbench.cli.app import main
 
     code = main(list(argv))
     return code, [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
@@ -221,52 +222,48 @@ def test_data_stats_shows_bad_and_unreadable_files_as_rows(bad_data) -> None:
     )
 
 
-def test_an_unreachable_hub_is_asked_once(monkeypatch, tmp_path) -> None:
+@pytest.fixture
+def online(monkeypatch):
+    """An online process: the conftest's HF_HUB_OFFLINE lifted for one test, and the hub's memory of failures clean."""
     import datasets
     import huggingface_hub.constants
 
-    from peftbench.data import sources
-    from peftbench.data.tools import stats_rows
+    from peftbench import hub
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    monkeypatch.setattr(hub, "_network_failure", [])
+    return hub
+
+
+def test_a_hub_that_fails_on_the_network_is_asked_once(online, monkeypatch, tmp_path) -> None:
+    import huggingface_hub
+
+    from peftbench.data.tools import stats_rows
+
     attempts = []
 
-    def unreachable(path: str, *args, **kwargs):
-        if not datasets.config.HF_HUB_OFFLINE:
-            attempts.append(path)
-        raise ConnectionError(f"Couldn't reach '{path}' on the Hub (LocalEntryNotFoundError)")
+    def unreachable(self, repo_id: str, **kwargs):
+        attempts.append(repo_id)
+        raise ConnectionError(f"Couldn't reach '{repo_id}' on the Hub")
 
-    monkeypatch.setattr(datasets, "load_dataset", unreachable)
-    monkeypatch.setattr(sources, "hub_unreachable", lambda: None)  # the host answers; the download fails
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", unreachable)
+    monkeypatch.setattr(online, "unreachable", lambda: None)  # the host answers; the request fails
     from tiny import make_tokenizer
 
     rows = stats_rows(["boolq", "piqa", "siqa", "winogrande"], str(tmp_path), make_tokenizer(), 64)
     assert len(rows) == 1 + 8 and all(r[2].startswith("unavailable: no ") for r in rows[1:])
-    assert attempts == ["google/boolq"]  # one hub attempt; the seven other splits fail at once, offline
-    assert datasets.config.HF_HUB_OFFLINE and huggingface_hub.constants.HF_HUB_OFFLINE
+    assert all("does not answer" in r[2] for r in rows[1:])
+    assert attempts == ["google/boolq"]  # one request; the seven other splits fail at once with its line
 
 
-def test_a_hub_host_that_does_not_answer_switches_to_offline_before_any_download(monkeypatch) -> None:
+def test_an_endpoint_that_does_not_answer_is_one_line_before_any_download(online, monkeypatch) -> None:
     import datasets
-    import huggingface_hub.constants
 
-    from peftbench.data import sources
-
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
-    monkeypatch.setattr(sources, "hub_unreachable", lambda: "huggingface.co: [Errno -2] Name or service not known")
-    online_calls = []
-
-    def offline_only(path: str, *args, **kwargs):
-        online_calls.append(not datasets.config.HF_HUB_OFFLINE)
-        raise ConnectionError(f"Couldn't reach '{path}' on the Hub (OfflineModeIsEnabled)")
-
-    monkeypatch.setattr(datasets, "load_dataset", offline_only)
-    with pytest.raises(UserError, match=r"hub:ybisk/piqa\[train\] could not be loaded"):
+    monkeypatch.setattr(online, "unreachable", lambda: "127.0.0.1:9: Connection refused")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: pytest.fail("no download may start"))
+    with pytest.raises(UserError, match=r"no train data for piqa: .*the Hugging Face hub at \S+ does not answer "
+                                        r"\(127.0.0.1:9: Connection refused\)"):  # fmt: skip
         sources.load_train_examples("piqa", "/nonexistent")
-    assert online_calls == [False]  # asked once, offline: the local datasets cache may still answer

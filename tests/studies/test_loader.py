@@ -8,8 +8,8 @@ import pytest
 from tiny_study import TINY_STUDY
 
 from peftbench import cli
+from peftbench.cli.app import build_parser
 from peftbench.cli.flags import build_config
-from peftbench.cli.main import build_parser
 from peftbench.config import RunConfig
 from peftbench.published import published_rows
 from peftbench.studies.loader import load_study, shipped_studies
@@ -33,20 +33,27 @@ def test_the_shipped_study_files_print_the_commands_of_the_presets_they_replace(
 def test_the_hira_papers_studies_name_its_settings_and_the_published_rows_they_reproduce(name) -> None:
     design = load_study(name)
     assert design.model_name.startswith("meta-llama/") and design.benchmarks == EIGHT and design.needs_gpu
-    assert [m.name for m in design.methods] == ["prompt", "lora", "dora", "hira-r16", "hira-r32"]
+    assert [m.name for m in design.methods] == ["prompt", "ptuning", "lora", "dora", "mora", "hira-r16", "hira-r32"]
     study = Study(design, Path("study"), (36,), "data")
     runs = {m.name: study.train_settings(36, m.name) for m in design.methods}
-    assert (runs["hira-r16"]["r_ab"], runs["hira-r32"]["r_ab"], runs["lora"]["r_ab"]) == (16, 32, 32)
+    assert (runs["hira-r16"]["r_ab"], runs["hira-r32"]["r_ab"], runs["lora"]["r_ab"], runs["mora"]["r_ab"]) == (
+        16,
+        32,
+        32,
+        32,
+    )
+    assert runs["mora"]["mora_type"] == 6 and runs["ptuning"]["virtual_tokens"] == 20
     for settings in runs.values():
         assert (settings["epoch"], settings["batch"] * settings["grad_acc"], settings["warmup"]) == (3.0, 32, 100)
         assert (settings["weight_decay"], settings["eval_steps"], settings["val_set_size"]) == (0.0, 80, 120)
     assert runs["lora"]["target_modules"] == "q_proj,k_proj,v_proj,up_proj,down_proj"
     assert "target_modules" not in runs["prompt"] and runs["prompt"]["virtual_tokens"] == 20
     assert runs["hira-r32"]["lr"] == 1e-3 and "1e-3" in design.methods[-1].lr_source
-    assert "MoRA" in " ".join(design.differences) and "P-Tuning" in " ".join(design.differences)
     rows = published_rows(design.published.source, design.published.model)
     for method, rank in design.published.rows.values():
         assert len([r for r in rows if (r.method, r.rank) == (method, rank)]) == 1, (method, rank)
+    # Every row of the paper's table for this model has a run of ours beside it.
+    assert {(r.method, r.rank) for r in rows} == set(design.published.rows.values())
 
 
 def test_every_shipped_study_is_valid_and_dry_runs() -> None:

@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, GPTNeoConfig, LlamaConfig, PreTrainedTokenizerFast
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 LLM_ADAPTERS = SHARED_DATA / "llm_adapters"
-DATA_DIR = f"{LLM_ADAPTERS},{SHARED_DATA}"  # --data_dir value that finds all nine benchmarks
+COMMONSENSE_170K_PARTS = ("boolq", "ARC-Easy", "ARC-Challenge", "openbookqa")  # the train files shared/data has
+
+
+def commonsense_170k_stand_in(root: Path) -> Path:
+    """A stand-in for LLM-Adapters' commonsense_170k.json, which shared/data lacks: the four tasks' train files it
+    holds (shared/data's README: they are real slices of it), in its layout under ``root``. Tests of training
+    run on the specification's --dataset common_170k with it; what it holds is not the point of any test."""
+    path = root / "ft-training_set" / "commonsense_170k.json"
+    if not path.is_file():
+        examples = [
+            e for part in COMMONSENSE_170K_PARTS for e in json.loads((LLM_ADAPTERS / part / "train.json").read_text())
+        ]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(examples))
+    return root
+
+
+# --data_dir value that finds all nine benchmarks and (a stand-in for) Commonsense-170K; the stand-in lives beside
+# the tests' caches (conftest.py points PEFTBENCH_CACHE into a temporary folder before this is imported).
+STAND_IN_ROOT = commonsense_170k_stand_in(Path(os.environ["PEFTBENCH_CACHE"]).parent / "data")
+DATA_DIR = f"{LLM_ADAPTERS},{SHARED_DATA},{STAND_IN_ROOT}"
 
 
 def _corpus() -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from peftbench.train.engines import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def flags(model: Path, data_dir: str, **overrides: object) -> list[str]:
