@@ -23,10 +23,11 @@ import pyarrow.parquet as pq
 from tiny import LLM_ADAPTERS, make_model_dir
 
 ROOT = Path(__file__).resolve().parents[2]
-OLAH = Path(os.environ.get("PEFTBENCH_OLAH", ROOT / ".venv-olah" / "bin" / "olah-cli"))
+# Absolute: the server runs in a folder of its own, and make passes paths relative to the checkout.
+OLAH = Path(os.environ.get("PEFTBENCH_OLAH", ROOT / ".venv-olah" / "bin" / "olah-cli")).absolute()
 # The oldest `datasets` pyproject.toml allows, installed alone (`make test-hub`) to be put first on the path.
 FLOOR_VERSION = "4.0.0"
-DATASETS_FLOOR = Path(os.environ.get("PEFTBENCH_DATASETS_FLOOR", ROOT / ".venv-olah" / "datasets-floor"))
+DATASETS_FLOOR = Path(os.environ.get("PEFTBENCH_DATASETS_FLOOR", ROOT / ".venv-olah" / "datasets-floor")).absolute()
 ROWS = 4  # per split: enough to count, small enough to stay fast
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "peftbench", "GIT_AUTHOR_EMAIL": "tests@peftbench",
                 "GIT_AUTHOR_DATE": "2026-01-01T00:00:00", "GIT_COMMITTER_NAME": "peftbench",
