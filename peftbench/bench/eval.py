@@ -19,7 +19,7 @@ from peftbench.runs.records import environment_record
 
 
 def bench_eval(
-    model_name: str, dataset: str, examples: int, batch: int, beam_size: int, max_new_tokens: int, data_dir: str,
+    model_name: str, dataset: str, examples: int, batch: int | str, beam_size: int, max_new_tokens: int, data_dir: str,
     out: Path | None,
 ) -> dict[str, Any]:  # fmt: skip
     """Seconds per example of each way to score the same seeded examples, in one process."""

@@ -20,8 +20,15 @@ def add_to(commands: Any) -> None:
     evaluation = bench.add_parser("eval", help="generation vs log-likelihood scoring on the same examples")
     evaluation.add_argument("--model", default="smollm2-135m")
     evaluation.add_argument("--dataset", default="arc_challenge")
-    evaluation.add_argument("--examples", type=int, default=32)
-    evaluation.add_argument("--batch", type=int, default=8)
+    evaluation.add_argument("--examples", type=int, default=None, help="default 32 (--against: 200)")
+    evaluation.add_argument("--batch", default="8", help="questions per pass, or auto")
+    evaluation.add_argument(
+        "--against", choices=("lm-eval",), help="instead: peftbench and lm-evaluation-harness, same questions"
+    )
+    evaluation.add_argument("--lm_eval_batch", type=int, default=4, help="with --against: lm-eval's batch size")
+    evaluation.add_argument("--rounds", type=int, default=3, help="with --against: runs of each, medians kept")
+    evaluation.add_argument("--modes", default="loglik,generate", help="with --against: loglik, generate or both")
+    evaluation.add_argument("--generate_questions", type=int, default=16, help="with --against: for generation")
     evaluation.add_argument("--beam_size", type=int, default=4)
     evaluation.add_argument("--max_new_tokens", type=int, default=16)
     add_data_dir(evaluation)
@@ -77,10 +84,24 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from peftbench.bench.eval import bench_eval
+    if args.batch != "auto" and not (args.batch.isdigit() and int(args.batch) > 0):
+        raise UserError(f"--batch must be auto or a positive number of questions, got {args.batch!r}")
+    if args.against is None:
+        from peftbench.bench.eval import bench_eval
 
-    bench_eval(args.model, args.dataset, args.examples, args.batch, args.beam_size, args.max_new_tokens,
-               args.data_dir, optional_path(args.out))  # fmt: skip
+        bench_eval(args.model, args.dataset, args.examples or 32, args.batch, args.beam_size, args.max_new_tokens,
+                   args.data_dir, optional_path(args.out))  # fmt: skip
+        return
+    from peftbench.bench.against import AgainstBench, bench_against
+
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if not modes or not set(modes) <= {"loglik", "generate"}:
+        raise UserError(f"--modes {args.modes!r}: expected loglik, generate or loglik,generate")
+    settings = AgainstBench(args.model, args.dataset, args.examples or 200, args.batch, args.lm_eval_batch,
+                            args.beam_size, args.max_new_tokens, args.rounds, args.generate_questions, modes,
+                            args.data_dir)  # fmt: skip
+    out = optional_path(args.out if args.out != "bench_eval.json" else "bench_eval_against.json")
+    bench_against(settings, out)
 
 
 def run_tokenize(args: argparse.Namespace) -> None:

@@ -37,8 +37,12 @@ class EvalConfig:
             choices=tuple(PROTOCOLS),
         ),
     )
-    batch: int = field(
-        default=16, metadata=flag_help("Questions per pass: generation prompts, or log-likelihood questions.")
+    batch: str = field(
+        default="auto",
+        metadata=flag_help(
+            "Questions per pass (generation prompts, or log-likelihood questions), or 'auto': the fastest size "
+            "measured on the first batches (scores do not depend on it)."
+        ),
     )
     beam_size: int | None = field(default=None, metadata=flag_help("Beams for generation. Protocol default (4)."))
     max_new_tokens: int | None = field(
@@ -70,8 +74,9 @@ class EvalConfig:
             raise UserError(f"--eval_mode must be one of {', '.join(EVAL_MODES)}, got {self.eval_mode!r}")
         if (self.ckpt is None) == (self.model_name is None):
             raise UserError("give exactly one of --ckpt (a trained checkpoint) or --model_name (zero-shot)")
+        if str(self.batch) != "auto" and not (str(self.batch).isdigit() and int(self.batch) > 0):
+            raise UserError(f"--batch must be auto or a positive number of questions, got {self.batch!r}")
         require_positive(
-            batch=self.batch,
             beam_size=self.beam_size,
             max_new_tokens=self.max_new_tokens,
             max_eval_samples=self.max_eval_samples,

@@ -5,11 +5,18 @@ the prompt lengths, which are sorted: the longest batches come last, often hours
 there, a batch that runs out of memory is retried at half the size, and every later batch keeps the smaller
 size. Scores and generations do not depend on the batch size (``tests/test_loglik.py``,
 ``tests/test_evaluate.py``), so neither does any result.
+
+``--batch auto`` measures instead of guessing: on CPU a larger batch is not free (its padding, attention
+masks and activations outgrow the caches, and two cores are already busy with one question), on a GPU it
+is, until memory runs out. So the first batches, which are real work whose results are kept, double in size
+from 1 while their seconds per token keep falling by at least ``GAIN``, up to ``AUTO_LIMIT``; the fastest is
+kept for the rest (out of memory on the way still halves it). Only the speed depends on the choice.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -20,13 +27,20 @@ from peftbench.errors import UserError
 logger = logging.getLogger(__name__)
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+AUTO = "auto"
+AUTO_LIMIT = 64  # questions per batch --batch auto tries at most
+GAIN = 0.05  # a doubled batch must be this much faster per token to be kept
 
 
 class FittedBatches:
-    """Runs items in consecutive batches of at most ``size`` that fit in memory; ``size`` keeps the last that did."""
+    """Runs items in consecutive batches of at most ``size`` that fit in memory; ``size`` keeps the last that did.
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    ``size`` ``"auto"``: measured on the first batches, weighing each item by ``cost`` (its tokens)."""
+
+    def __init__(self, size: int | str, cost: Callable[[Item], int] = lambda _: 1) -> None:
+        self.size = 1 if size == AUTO else int(size)
+        self.measuring, self.cost = size == AUTO, cost
+        self.best: tuple[float, int] | None = None  # (seconds per token, size) of the fastest measured
 
     def map(self, run: Callable[[list[Item]], list[Result]], items: Sequence[Item]) -> list[Result]:
         """``run`` over batches of ``items``, its results concatenated in the items' order."""
@@ -34,16 +48,29 @@ class FittedBatches:
         start = 0
         while start < len(items):
             batch = list(items[start : start + self.size])
+            began = time.perf_counter()
             outputs = _attempt(run, batch)
             if outputs is None:
-                self.size = len(batch) // 2
+                self.size, self.measuring = len(batch) // 2, False
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 logger.warning("out of GPU memory at %d per batch; continuing at %d", len(batch), self.size)
                 continue
+            if self.measuring and len(batch) == self.size:  # a short last batch measures nothing
+                self._measured(len(batch), (time.perf_counter() - began) / max(1, sum(map(self.cost, batch))))
             results.extend(outputs)
             start += len(batch)
         return results
+
+    def _measured(self, size: int, per_token: float) -> None:
+        """Doubles the size while it pays; settles on the fastest size measured."""
+        if self.best is None or per_token < self.best[0] * (1 - GAIN):
+            self.best = (per_token, size)
+            if size * 2 <= AUTO_LIMIT:
+                self.size = size * 2
+                return
+        self.size, self.measuring = self.best[1], False
+        logger.info("--batch auto: %d per batch (%.2f ms per token measured)", self.size, self.best[0] * 1e3)
 
 
 def _attempt(run: Callable[[list[Item]], list[Result]], batch: list[Item]) -> list[Result] | None:

@@ -11,10 +11,9 @@ Two things make it fast on any device:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from peftbench.evaluate.batching import FittedBatches
@@ -42,22 +41,22 @@ def generate_responses(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[list[int]],
-    batch_size: int,
+    batch_size: int | str,
     beam_size: int,
     max_new_tokens: int,
     shared_prefill: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> list[str]:
     """The text each prompt's (token ids) continuation decodes to, in prompt order.
 
     Left padding and the attention mask keep every prompt's tokens where they would be alone, so the
-    result does not depend on the batch size (tested).
+    result does not depend on the batch size (tested). ``progress`` is told each batch's prompts as it ends.
     """
     if inserts_virtual_tokens(model):
         # Left padding would sit between the virtual tokens and the prompt and change the answer (tested), and the
         # prompt cannot be encoded apart from them: one prompt at a time, transformers' own beam search.
         batch_size, shared_prefill = 1, False
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    progress = tqdm(total=len(order), desc="generate", unit="prompt")
 
     def generate_batch(indices: list[int]) -> list[str]:
         encoded = tokenizer.pad({"input_ids": [prompts[i] for i in indices]}, return_tensors="pt").to(model.device)
@@ -74,15 +73,16 @@ def generate_responses(
             pad_token_id=tokenizer.pad_token_id,
             **extra,
         )
-        progress.update(len(indices))
+        if progress is not None:
+            progress(len(indices))
         return tokenizer.batch_decode(output[:, ids.shape[1] :], skip_special_tokens=True)
 
     responses: list[str] = [""] * len(prompts)
     previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        for index, text in zip(order, FittedBatches(batch_size).map(generate_batch, order), strict=True):
+        batches = FittedBatches(batch_size, cost=lambda i: len(prompts[i]))
+        for index, text in zip(order, batches.map(generate_batch, order), strict=True):
             responses[index] = text
     finally:
         tokenizer.padding_side = previous_side
-        progress.close()
     return responses

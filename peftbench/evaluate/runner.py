@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from peftbench import hub
@@ -32,6 +31,7 @@ from peftbench.errors import UserError
 from peftbench.evaluate.extract import extract_answer
 from peftbench.evaluate.generate import generate_responses
 from peftbench.evaluate.loglik import score_questions
+from peftbench.evaluate.progress import Progress
 from peftbench.methods import get_method
 from peftbench.models.load import load_base_model, load_tokenizer, model_fingerprint, resolve_model_path
 from peftbench.models.precision import Precision, choose_precision
@@ -141,9 +141,14 @@ def _generate(
     loaded: EvalModel, spec: DatasetSpec, examples: list[Example], prompts: list[str], config: EvalConfig
 ) -> list[dict]:
     prompt_ids = eval_prompt_ids(loaded.tokenizer, prompts, get_protocol(config.protocol))
-    responses = generate_responses(
-        loaded.model, loaded.tokenizer, prompt_ids, config.batch, config.beam_size, config.max_new_tokens
-    )
+    progress = Progress(len(prompts), f"generate {spec.name}")
+    try:
+        responses = generate_responses(
+            loaded.model, loaded.tokenizer, prompt_ids, config.batch, config.beam_size, config.max_new_tokens,
+            progress=progress.update,
+        )  # fmt: skip
+    finally:
+        progress.close()
     return [{"generated": text, "predicted": extract_answer(text, spec.keywords)} for text in responses]
 
 
@@ -151,17 +156,23 @@ def _loglik(
     loaded: EvalModel, spec: DatasetSpec, examples: list[Example], prompts: list[str], config: EvalConfig
 ) -> list[dict]:
     protocol = get_protocol(config.protocol)
-    scored = score_questions(loaded.model, loaded.tokenizer, examples, prompts, spec, protocol, config.batch)
-    return [
-        {
-            "options": options,
-            "logprobs": scores.logprobs,
-            "token_counts": scores.token_counts,
-            "predicted": options[scores.best()],
-            "predicted_norm": options[scores.best(normalise=True)],
-        }
-        for options, scores in tqdm(scored, total=len(examples), desc="loglik", unit="example")
-    ]
+    progress = Progress(len(examples), f"loglik {spec.name}")
+    scored = score_questions(
+        loaded.model, loaded.tokenizer, examples, prompts, spec, protocol, config.batch, progress.update
+    )
+    try:
+        return [
+            {
+                "options": options,
+                "logprobs": scores.logprobs,
+                "token_counts": scores.token_counts,
+                "predicted": options[scores.best()],
+                "predicted_norm": options[scores.best(normalise=True)],
+            }
+            for options, scores in scored
+        ]
+    finally:
+        progress.close()
 
 
 # --eval_mode -> (how to predict, suffix of the result files); generation keeps the specification's file names.

@@ -106,6 +106,8 @@ class _Reader:
                 pass
         if base is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
+        if base is str and isinstance(value, int) and not isinstance(value, bool):  # batch: 64 (or auto)
+            return str(value)
         if isinstance(value, base) and not (base is int and isinstance(value, bool)):
             return value
         self.fail(where, f"expected {base.__name__}, got {value!r}")

@@ -127,3 +127,66 @@ def test_loglik_evaluation_writes_scores_and_normalised_accuracy(tiny_llama: Pat
         assert p["options"] == ["answer1", "answer2", "answer3"] and len(p["logprobs"]) == 3
         assert p["predicted"] == p["options"][max(range(3), key=p["logprobs"].__getitem__)]
     assert not (tmp_path / "output_siqa_eval.jsonl").exists()  # generation results keep their own files
+
+
+@pytest.mark.parametrize("dataset", ["boolq", "arc_challenge", "hellaswag", "winogrande"])
+def test_questions_scored_on_a_shared_header_equal_the_naive_path(model_and_tokenizer, data_dir: str, dataset: str):
+    model, tokenizer = model_and_tokenizer
+    spec, protocol = get_dataset(dataset), PROTOCOLS["hira"]
+    examples = load_test_examples(dataset, data_dir).examples[:6]
+    prompts = [build_prompt(example, protocol) for example in examples]
+    for example, (options, scores) in zip(
+        examples, score_questions(model, tokenizer, examples, prompts, spec, protocol, batch=3), strict=True
+    ):
+        responses = [spec.response_template.format(answer=o) for o in options]
+        prompt_ids, sequences = _inputs(tokenizer, example, responses)
+        naive = score_options_naive(model, tokenizer.pad_token_id, len(prompt_ids), sequences)
+        assert scores.logprobs == pytest.approx(naive.logprobs, abs=1e-3)
+        assert scores.best() == naive.best()
+
+
+def test_header_is_the_templates_shared_tokens_and_stops_before_every_prompts_end(model_and_tokenizer) -> None:
+    from peftbench.evaluate.loglik import encode_header
+
+    model, tokenizer = model_and_tokenizer
+    questions = [(5, [[1, 2, 3, 4, 5, 6]]), (4, [[1, 2, 3, 9, 8]])]
+    assert encode_header(model, questions).length == 3
+    assert encode_header(model, [(2, [[1, 2, 3]]), (4, [[1, 2, 3, 4, 5]])]).length == 1  # the shorter prompt's end
+    assert encode_header(model, [(3, [[1, 2, 3]]), (3, [[7, 2, 3]])]) is None
+
+
+@pytest.mark.parametrize("responses", [["the correct answer is true", "the correct answer is certainly not so"],
+                                       ["yes", "no it is not"]])  # fmt: skip
+def test_multi_token_tails_on_a_header_equal_the_naive_path(model_and_tokenizer, responses: list[str]) -> None:
+    from peftbench.evaluate.loglik import encode_header, score_batch
+
+    model, tokenizer = model_and_tokenizer
+    examples = [{"instruction": text, "input": ""} for text in ("Is water wet?", "Is fire cold, or is it hot?")]
+    inputs = [_inputs(tokenizer, example, responses) for example in examples]
+    questions = [(len(ids), sequences) for ids, sequences in inputs]
+    header = encode_header(model, questions)
+    assert header is not None  # and the second response's tail, after the shared words, is several tokens
+    for (length, sequences), scores in zip(
+        questions, score_batch(model, tokenizer.pad_token_id, questions, header), strict=True
+    ):
+        naive = score_options_naive(model, tokenizer.pad_token_id, length, sequences)
+        assert scores.logprobs == pytest.approx(naive.logprobs, abs=1e-3)
+
+
+def test_a_row_longer_than_a_local_attention_window_is_scored_without_the_header(tiny_neo: Path) -> None:
+    """GPT-Neo's local layers count their window in places of the row, and padding between the header and
+    the rest would push the header out of it: such a batch is scored as without a header."""
+    from peftbench.evaluate.loglik import encode_header, score_batch
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_neo, window_size=8).eval()
+    tokenizer = load_tokenizer(str(tiny_neo))
+    examples = [{"instruction": text, "input": ""} for text in ("Is water wet?", "Is fire hot, or cold, or both?")]
+    inputs = [_inputs(tokenizer, example, ["the correct answer is true", "the correct answer is false"])
+              for example in examples]  # fmt: skip
+    questions = [(len(ids), sequences) for ids, sequences in inputs]
+    header = encode_header(model, questions)
+    for (length, sequences), scores in zip(
+        questions, score_batch(model, tokenizer.pad_token_id, questions, header), strict=True
+    ):
+        naive = score_options_naive(model, tokenizer.pad_token_id, length, sequences)
+        assert scores.logprobs == pytest.approx(naive.logprobs, abs=1e-3)
