@@ -26,6 +26,8 @@ ANSWER_WITHIN_S = 5  # an endpoint that does not accept a connection by then is 
 COMMIT = re.compile(r"[0-9a-f]{40}")
 _pins: dict[str, str] = {}  # repository id -> the revision this process must read it at (--hub_revisions)
 _network_failure: list[str] = []  # the first network failure's line: later repositories fail with it at once
+# Commits resolved in this process: a model's tokenizer, weights and fingerprint ask once, and see the same commit.
+_resolved: dict[str, str] = {}
 
 
 def endpoint() -> str:
@@ -109,13 +111,23 @@ def resolve(repo: str, kind: str, revision: str) -> str:
     if COMMIT.fullmatch(revision):
         return revision
     key = f"{kind}s/{repo}@{revision}"
-    if is_offline():
-        commit = _remembered(key) or _hub_cache_ref(repo, kind, revision)
-        if commit is None:
-            local = "; or use a local folder, or --model_name smollm2-135m (embedded)" if kind == "model" else ""
-            raise UserError(f"{repo}@{revision} is not in the cache and the hub is offline (HF_HUB_OFFLINE): load it "
-                            f"once online, or pin a cached commit with --hub_revisions{local}")  # fmt: skip
-        return commit
+    if key not in _resolved:
+        _resolved[key] = (
+            _resolve_offline(repo, kind, revision, key) if is_offline() else _resolve_online(repo, kind, revision, key)
+        )
+    return _resolved[key]
+
+
+def _resolve_offline(repo: str, kind: str, revision: str, key: str) -> str:
+    commit = _remembered(key) or _hub_cache_ref(repo, kind, revision)
+    if commit is None:
+        local = "; or use a local folder, or --model_name smollm2-135m (embedded)" if kind == "model" else ""
+        raise UserError(f"{repo}@{revision} is not in the cache and the hub is offline (HF_HUB_OFFLINE): load it "
+                        f"once online, or pin a cached commit with --hub_revisions{local}")  # fmt: skip
+    return commit
+
+
+def _resolve_online(repo: str, kind: str, revision: str, key: str) -> str:
     require_reachable()
     if _network_failure:
         raise UserError(_network_failure[0])

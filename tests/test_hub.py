@@ -65,6 +65,7 @@ def test_an_uncached_revision_offline_is_one_line(monkeypatch, tmp_path) -> None
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "_resolved", {})
     with pytest.raises(UserError, match=r"google/boolq@main is not in the cache and the hub is offline"):
         hub.resolve("google/boolq", "dataset", "main")
     ref = tmp_path / "datasets--google--boolq" / "refs" / "main"

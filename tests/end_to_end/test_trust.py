@@ -235,6 +235,7 @@ def online(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     monkeypatch.setattr(hub, "_network_failure", [])
+    monkeypatch.setattr(hub, "_resolved", {})
     return hub
 
 
