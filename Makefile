@@ -12,9 +12,9 @@ DATA_DIR ?= ../shared/data/llm_adapters,../shared/data
 SEEDS ?= 1
 export PEFTBENCH_DATA_DIR := $(DATA_DIR)
 # The optional extras the tests exercise (CI installs them all): make setup EXTRAS=dev for the least.
-EXTRAS ?= dev,deepspeed,ray,slurm,tensorboard,browser,docs
+EXTRAS ?= dev,deepspeed,ray,tensorboard,browser,docs
 
-.PHONY: setup demo reproduce test test-slow test-distributed test-browser test-hub docs lint clean
+.PHONY: setup demo reproduce test test-slow test-distributed test-browser test-hub test-slurm docs lint clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,12 @@ test-slow: setup
 # Several processes on CPU: torchrun (gloo), DeepSpeed ZeRO-2/3, FSDP, doctor, the study executors.
 test-distributed: setup
 	$(PY) -m pytest -q -m distributed
+
+# A real single-node Slurm on this machine, brought up by .ci/slurm (root; no systemd needed): the tests switch
+# its accounting (slurmdbd, MariaDB) on and off.
+test-slurm: setup
+	bash .ci/slurm up
+	PEFTBENCH_SLURM_CONTROL=$(CURDIR)/.ci/slurm $(PY) -m pytest -q -m slurm
 
 # A Hugging Face hub on 127.0.0.1: olah, in a virtual environment of its own (it pins psutil<6 and brings a web
 # server), serving test repositories under the real names.

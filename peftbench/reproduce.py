@@ -13,6 +13,7 @@ from peftbench.errors import UserError
 from peftbench.executors.base import DONE_BEFORE, FINISHED
 from peftbench.executors.choose import choose_executor
 from peftbench.executors.driver import run_study
+from peftbench.studies.design import SlurmSettings
 from peftbench.studies.loader import SHIPPED, load_study
 from peftbench.studies.page import rewrite_page, write_results
 from peftbench.studies.plan import Study, check_device, describe, seeds_for
@@ -43,9 +44,10 @@ class Reproduction:
     workers: int | None = None
     gpus: str | None = None
     ray_address: str | None = None
-    slurm_cluster: str = "slurm"
     slurm_partition: str | None = None
     slurm_time_min: int | None = None
+    slurm_cpus_per_job: int | None = None
+    slurm_mem_gb_per_job: int | None = None
     slurm_gpus_per_job: int | None = None
     slurm_sbatch: list[str] = dataclasses.field(default_factory=list)
     data_dir: str = dataclasses.field(default_factory=default_data_dir)
@@ -76,10 +78,9 @@ def reproduce(request: Reproduction, command: str = "") -> None:
     if request.dry_run:
         print(describe(study))
         return
-    slurm = {"partition": request.slurm_partition, "time_min": request.slurm_time_min,
-             "gpus_per_job": request.slurm_gpus_per_job, "sbatch": request.slurm_sbatch}  # fmt: skip
+    slurm = {field.name: getattr(request, f"slurm_{field.name}") for field in dataclasses.fields(SlurmSettings)}
     executor = choose_executor(request.executor, request.workers, request.gpus, request.ray_address, design.slurm,
-                               slurm, request.slurm_cluster, design.needs_gpu)  # fmt: skip
+                               slurm, design.needs_gpu)  # fmt: skip
     if request.executor == "local" and not request.gpus:
         check_device(design)
     outcomes, wall_time = run_study(study, executor, command or "the same peftbench reproduce command")

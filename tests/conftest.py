@@ -21,6 +21,7 @@ atexit.register(shutil.rmtree, CACHES, ignore_errors=True)
 for variable, folder in (("PEFTBENCH_CACHE", "peftbench"), ("HF_HOME", "huggingface"), ("MPLCONFIGDIR", "mpl")):
     os.environ[variable] = str(CACHES / folder)
 
+from ray_processes import ray_address  # noqa: E402, F401 -- a fixture: a Ray cluster of `ray start` processes
 from tiny import DATA_DIR, LLM_ADAPTERS, make_model_dir  # noqa: E402 -- after the caches are chosen
 
 

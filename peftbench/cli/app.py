@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from peftbench.cli import analyze, bench, data, demo, doctor, evaluate, export, published, reproduce, train
 from peftbench.cli.flags import OneLineErrorParser, run_guarded, setup_logging
+from peftbench.executors.parent import stop_with_parent
 
 # Each module adds its command (flags and action); `peftbench --help` lists them in this order.
 COMMANDS = (train, evaluate, analyze, export, data, bench, reproduce, demo, published, doctor)
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stop_with_parent()  # a study's step: SIGTERM when its driver dies
     args = build_parser().parse_args(argv)
     setup_logging()
     return run_guarded(lambda: args.action(args))

@@ -45,11 +45,14 @@ def add_to(commands: Any) -> None:
     engines.add_argument("--workers", type=int, default=None, help="steps at once (local; Ray's local CPUs)")
     engines.add_argument("--gpus", default=None, help="local: one step per GPU at once, e.g. 0,1,2,3")
     engines.add_argument("--ray_address", default=None, help="join this Ray cluster (default: a local one)")
-    engines.add_argument("--slurm_cluster", default="slurm", help="slurm, or local (submitit's local executor)")
     engines.add_argument("--slurm_partition", default=None)
-    engines.add_argument("--slurm_time_min", type=int, default=None, help="time limit of each job")
-    engines.add_argument("--slurm_gpus_per_job", type=int, default=None)
-    engines.add_argument("--slurm_sbatch", action="append", default=[], help="an sbatch option, e.g. --account=abc")
+    engines.add_argument("--slurm_time_min", type=int, default=None, help="time limit of each job (default 24 h)")
+    engines.add_argument("--slurm_cpus_per_job", type=int, default=None, help="CPUs of each job (default 8)")
+    engines.add_argument("--slurm_mem_gb_per_job", type=int, default=None,
+                         help="memory of each job in GB (default: the cluster's)")  # fmt: skip
+    engines.add_argument("--slurm_gpus_per_job", type=int, default=None, help="GPUs of each GPU step (default 1)")
+    engines.add_argument("--slurm_sbatch", action="append", default=[],
+                         help="an sbatch option, e.g. --slurm_sbatch=--account=abc (repeatable)")  # fmt: skip
     add_data_dir(reproduce)
     reproduce.set_defaults(action=run)
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from peftbench.executors.journal import StudyJournal
+from peftbench.executors.parent import PARENT_VARIABLE
 from peftbench.studies.plan import Step
 
 logger = logging.getLogger(__name__)
@@ -34,9 +36,16 @@ class Outcome:
     detail: str = ""  # why it did not run, or the end of its log
 
 
+class StepLost(Exception):
+    """The engine ended a step outside its command: cancelled, timed out, out of memory, never started."""
+
+
 class Executor(Protocol):
-    def run(self, steps: list[Step], logs: Path, done: Callable[[Outcome], None]) -> list[Outcome]:
-        """Run the steps (each after the steps it needs), calling ``done`` as each ends; one outcome per step."""
+    def run(
+        self, steps: list[Step], logs: Path, done: Callable[[Outcome], None], journal: StudyJournal
+    ) -> list[Outcome]:
+        """Run the steps (each after the steps it needs), calling ``done`` as each ends; one outcome per step.
+        Jobs that outlive their driver are recorded in the journal, and followed again by the next driver."""
 
 
 def log_path(logs: Path, step: Step) -> Path:
@@ -52,15 +61,14 @@ RUNNING: set[subprocess.Popen] = set()  # this process's running steps, for pass
 
 def run_command(argv: Sequence[str], log: str, environment: dict[str, str]) -> int:
     """One peftbench command in a fresh Python process, its output appended to ``log``; its exit status.
-    (Module-level: Ray and submitit run it in their workers, with their Python.)"""
+    (Module-level: Ray runs it in its workers, and a Slurm job through peftbench.executors.job.)"""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as out:
         out.write(f"$ {shlex.join(['peftbench', *argv])}\n")
         out.flush()
         command = [sys.executable, "-m", "peftbench.cli", *argv]
-        with subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **environment}
-        ) as child:
+        environment = {**os.environ, **environment, PARENT_VARIABLE: str(os.getpid())}  # see executors.parent
+        with subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment) as child:
             RUNNING.add(child)
             try:
                 return child.wait()
@@ -91,7 +99,7 @@ def run_when_ready(
 ) -> list[Outcome]:  # fmt: skip
     """Start each step once the steps it needs have finished, at most ``limit`` at once (``start`` returns a future
     of its exit status); a step whose needs did not finish is not run. For the executors that run steps from this
-    process (local, submitit)."""
+    process (local, Slurm)."""
     by_id = {step.id: step for step in steps}
     order = graphlib.TopologicalSorter({step.id: [n for n in step.needs if n in by_id] for step in steps})
     order.prepare()
@@ -123,9 +131,9 @@ def run_when_ready(
             try:
                 status = future.result()
             except Exception as exc:  # the engine lost the job: a failure of this step, not of the study
-                outcomes[step.id] = Outcome(
-                    step, FAILED, -1, time.perf_counter() - began, f"{type(exc).__name__}: {exc}"
-                )
+                why = str(exc) if isinstance(exc, StepLost) else f"{type(exc).__name__}: {exc}"
+                detail = f"{why}\n{log_tail(log_path(logs, step))}" if log_path(logs, step).exists() else why
+                outcomes[step.id] = Outcome(step, FAILED, None, time.perf_counter() - began, detail)
             else:
                 outcomes[step.id] = ended(step, status, time.perf_counter() - began, log_path(logs, step))
             done(outcomes[step.id])

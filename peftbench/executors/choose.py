@@ -12,7 +12,7 @@ from peftbench.studies.design import SlurmSettings
 
 def choose_executor(
     kind: str, workers: int | None, gpus: str | None, ray_address: str | None, slurm: SlurmSettings,
-    slurm_flags: dict[str, Any], slurm_cluster: str, gpu_study: bool,
+    slurm_flags: dict[str, Any], gpu_study: bool,
 ) -> Executor:  # fmt: skip
     """The executor of ``--executor``; Slurm's settings are the study file's, overridden by the flags given."""
     if workers is not None and workers < 1:
@@ -30,7 +30,7 @@ def choose_executor(
         given = {k: v for k, v in slurm_flags.items() if v not in (None, [])}
         settings = dataclasses.replace(slurm, **{k: v for k, v in given.items() if k != "sbatch"})
         settings = dataclasses.replace(settings, sbatch=(*settings.sbatch, *given.get("sbatch", ())))
-        return SlurmExecutor(settings, slurm_cluster, workers)
+        return SlurmExecutor(settings, workers)
     from peftbench.executors.local import LocalExecutor
 
     return LocalExecutor(workers or 1, [gpu.strip() for gpu in (gpus or "").split(",") if gpu.strip()])

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import queue
-import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from peftbench.errors import TrainingInterrupted
-from peftbench.executors.base import RUNNING, Outcome, log_path, run_command, run_when_ready
+from peftbench.executors.base import Outcome, log_path, run_command, run_when_ready
+from peftbench.executors.journal import StudyJournal
 from peftbench.studies.plan import Step
 
 
@@ -22,18 +22,18 @@ class LocalExecutor:
             self.free_gpus.put(gpu)
         self.gpus = tuple(gpus)
 
-    def run(self, steps: list[Step], logs: Path, done: Callable[[Outcome], None]) -> list[Outcome]:
-        """Ctrl-C reaches the running steps too (same process group): each saves its checkpoint, this waits for
-        them, and the study stops. SIGTERM sent to this process alone is passed on to them."""
+    def run(
+        self, steps: list[Step], logs: Path, done: Callable[[Outcome], None], journal: StudyJournal
+    ) -> list[Outcome]:
+        """Ctrl-C reaches the running steps too (same process group; the driver passes SIGTERM and SIGHUP on):
+        each saves its checkpoint, this waits for them, and the study stops."""
         pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="step")
-        previous = signal.signal(signal.SIGTERM, _pass_on)
         try:
             return run_when_ready(steps, lambda step: pool.submit(self._run, step, logs), logs, done, self.workers)
         except KeyboardInterrupt:
             pool.shutdown(wait=True, cancel_futures=True)
             raise TrainingInterrupted("the study was interrupted; rerun the same command to continue") from None
         finally:
-            signal.signal(signal.SIGTERM, previous)
             pool.shutdown(wait=True)
 
     def _run(self, step: Step, logs: Path) -> int:
@@ -46,9 +46,3 @@ class LocalExecutor:
             return run_command(step.argv, str(log_path(logs, step)), {"CUDA_VISIBLE_DEVICES": gpu})
         finally:
             self.free_gpus.put(gpu)
-
-
-def _pass_on(signum: int, frame: object) -> None:
-    for child in list(RUNNING):
-        child.send_signal(signum)
-    raise KeyboardInterrupt

@@ -7,6 +7,7 @@ localhost only and without the dashboard, whose job API has no authentication.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from peftbench.executors.base import (
     not_run,
     run_command,
 )
+from peftbench.executors.journal import StudyJournal
 from peftbench.studies.plan import Step
 
 
@@ -39,14 +41,21 @@ class RayExecutor:
     def __init__(self, address: str | None = None, cpus: int | None = None) -> None:
         self.address, self.cpus = address, cpus
 
-    def run(self, steps: list[Step], logs: Path, done: Callable[[Outcome], None]) -> list[Outcome]:
+    def run(
+        self, steps: list[Step], logs: Path, done: Callable[[Outcome], None], journal: StudyJournal
+    ) -> list[Outcome]:
+        """A driver that dies takes its tasks with it (Ray kills the tasks of a dead driver, and their steps get
+        SIGTERM: trainings save a checkpoint); a rerun submits again what did not finish."""
         try:
             import ray
         except ImportError:
             raise UserError("--executor ray needs Ray: pip install 'peftbench[ray]'") from None
         started_here = not ray.is_initialized()
         if started_here:
+            handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
             self._connect(ray)
+            for signum, handler in handlers.items():  # ray.init replaces SIGTERM's: the driver's stops the study
+                signal.signal(signum, handler)
         try:
             task = ray.remote(_run_task)
             environment = forwarded_environment()

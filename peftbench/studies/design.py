@@ -39,12 +39,14 @@ class EvalPlan:
 
 @dataclass(frozen=True)
 class SlurmSettings:
-    """How each step is submitted under ``--executor slurm`` (flags of the same names override them)."""
+    """What each step asks Slurm for under ``--executor slurm`` (flags of the same names override them). None: not
+    given, so the executor's default applies unless an ``sbatch`` option asks for it instead."""
 
     partition: str | None = None
-    time_min: int = 24 * 60
-    gpus_per_job: int = 1  # for steps that use a GPU; analysis steps ask for none
-    cpus_per_job: int = 8
+    time_min: int | None = None  # default 24 h
+    gpus_per_job: int | None = None  # for steps that use a GPU (default 1); analysis steps ask for none
+    cpus_per_job: int | None = None  # default 8
+    mem_gb_per_job: int | None = None  # default: the cluster's (DefMemPerCPU)
     sbatch: tuple[str, ...] = ()  # more sbatch options, e.g. "--account=abc"
 
 

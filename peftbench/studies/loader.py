@@ -205,8 +205,8 @@ class _Reader:
         for key, item in entry.items():
             settings[key] = (self.texts(item, f"slurm.{key}") if key == "sbatch"
                              else self.typed(item, hints[key], f"slurm.{key}"))  # fmt: skip
-        for key in ("time_min", "gpus_per_job", "cpus_per_job"):
-            if key in settings and settings[key] < 1:
+        for key in ("time_min", "gpus_per_job", "cpus_per_job", "mem_gb_per_job"):
+            if settings.get(key) is not None and settings[key] < 1:
                 self.fail(f"slurm.{key}", f"expected at least 1, got {settings[key]}")
         return SlurmSettings(**settings)
 

@@ -1,6 +1,7 @@
 """Trainer callbacks that keep a run from losing work or producing garbage silently.
 
-- ``InterruptSaver``: Ctrl-C or SIGTERM (pre-emption) finishes the current step, saves a checkpoint, stops.
+- ``InterruptSaver``: Ctrl-C, SIGTERM (pre-emption) or SIGHUP (a closed terminal) finishes the current step,
+  saves a checkpoint, stops.
 - ``DivergenceGuard``: a NaN/inf training loss stops the run at once, naming the step.
 - ``DiskSpaceGuard``: a checkpoint that would not fit on the disk is not started; the run stops instead.
 
@@ -30,7 +31,8 @@ from peftbench.runs.records import RUN_RECORD, append_record
 
 
 class InterruptSaver(TrainerCallback):
-    """The first SIGINT/SIGTERM asks for a checkpoint at the end of the step; a second SIGINT aborts at once."""
+    """The first SIGINT/SIGTERM/SIGHUP asks for a checkpoint at the end of the step; a second SIGINT aborts at
+    once."""
 
     def __init__(self) -> None:
         self.received: str | None = None
@@ -42,7 +44,7 @@ class InterruptSaver(TrainerCallback):
         self.received = signal.Signals(signum).name
 
     def on_train_begin(self, args, state, control, **kwargs) -> None:  # noqa: ANN001
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             self._previous[signum] = signal.signal(signum, self._handle)
 
     def on_step_end(self, args, state, control, **kwargs) -> None:  # noqa: ANN001

@@ -13,6 +13,7 @@ import peftbench.executors.local as local
 from peftbench import cli
 from peftbench.executors.base import FAILED, FINISHED, NOT_RUN, run_when_ready
 from peftbench.executors.driver import summary
+from peftbench.executors.journal import StudyJournal
 from peftbench.executors.local import LocalExecutor
 from peftbench.studies.plan import Step
 
@@ -61,7 +62,7 @@ def test_local_gpus_run_one_step_per_gpu_at_once_each_seeing_its_own(tmp_path, m
     steps = [Step(f"{i}.train", "t", ("train",), gpu=True) for i in range(6)] + [
         Step("analysis", "a", ("analyze",), tuple(f"{i}.train" for i in range(6)))
     ]
-    outcomes = LocalExecutor(gpus=["2", "5"]).run(steps, tmp_path, lambda outcome: None)
+    outcomes = LocalExecutor(gpus=["2", "5"]).run(steps, tmp_path, lambda outcome: None, StudyJournal(tmp_path))
     assert all(o.state == FINISHED for o in outcomes)
     assert sorted(gpu for kind, gpu in seen if kind == "train") == ["2"] * 3 + ["5"] * 3
     assert ("analyze", "") in seen  # analysis sees no GPU

@@ -59,7 +59,7 @@ class InProcess:
 
         self.execute = execute or cli.main
 
-    def run(self, steps, logs, done):  # noqa: ANN001, ANN201
+    def run(self, steps, logs, done, journal):  # noqa: ANN001, ANN201
         from peftbench.executors.base import FINISHED, ended, log_path, not_run
 
         outcomes = {}
