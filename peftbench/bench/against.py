@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from peftbench.bench.ceiling import exact_ceiling
 from peftbench.errors import UserError
 
 
@@ -117,6 +118,10 @@ def bench_loglik(model: Any, tokenizer: Any, lm: Any, questions: Questions, sett
         "requests": len(requests),
         "agreement": agreement(outputs[ours], outputs[theirs]),
     }
+    ceiling = exact_ceiling(model, questions.sequences, [len(ids) for ids in questions.prompt_ids])
+    speeds = report["questions_per_s"]
+    report["ceiling"] = asdict(ceiling) | {"times_lm_eval": ceiling.questions_per_s / speeds[theirs],
+                                           "peftbench_share": speeds[ours] / ceiling.questions_per_s}  # fmt: skip
     _print(report, "log-likelihood", len(questions.examples))
     return report
 
@@ -155,6 +160,12 @@ def _print(report: dict[str, Any], what: str, count: int) -> None:
     rounds = ", ".join(f"{r:.2f}" for r in report["ratio_per_round"])
     print(f"  {what}: peftbench is {report['ratio']:.2f}x lm-eval's speed on the same {count} questions "
           f"(per round: {rounds})")  # fmt: skip
+    if "ceiling" in report:
+        c = report["ceiling"]
+        print(f"  ceiling: an exact fp32 scorer running only each question's own tokens ({c['gflop_per_question']:.1f} "
+              f"GFLOP) at this machine's measured matrix-multiply rate ({c['matmul_gflops']:.0f} GFLOP/s) would "
+              f"answer {c['questions_per_s']:.1f} questions/s: {c['times_lm_eval']:.2f}x lm-eval's speed; peftbench "
+              f"reaches {c['peftbench_share']:.0%} of it")  # fmt: skip
     if "agreement" in report:
         a = report["agreement"]
         print(f"  agreement: same choice on {a['same_choice']}/{a['questions']} questions, largest log-prob "

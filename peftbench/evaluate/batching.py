@@ -3,14 +3,16 @@
 A ``--batch`` large enough to fill one GPU does not fit a smaller one, and beam search's memory grows with
 the prompt lengths, which are sorted: the longest batches come last, often hours in. Rather than failing
 there, a batch that runs out of memory is retried at half the size, and every later batch keeps the smaller
-size. Scores and generations do not depend on the batch size (``tests/test_loglik.py``,
-``tests/test_evaluate.py``), so neither does any result.
+size. Scores and generations do not depend on the batch size (``tests/evaluate/test_loglik.py``,
+``tests/evaluate/test_batching.py``), so neither does any result.
 
 ``--batch auto`` measures instead of guessing: on CPU a larger batch is not free (its padding, attention
 masks and activations outgrow the caches, and two cores are already busy with one question), on a GPU it
 is, until memory runs out. So the first batches, which are real work whose results are kept, double in size
-from 1 while their seconds per token keep falling by at least ``GAIN``, up to ``AUTO_LIMIT``; the fastest is
-kept for the rest (out of memory on the way still halves it). Only the speed depends on the choice.
+from 1 until ``PATIENCE`` sizes in a row are not faster per token than the fastest so far by ``GAIN``, up to
+``AUTO_LIMIT``; the fastest is kept for the rest (out of memory on the way still halves it). Each size is
+timed on ``SAMPLES`` batches and judged by its fastest, so a moment of another process's load on a shared
+machine does not decide it. Only the speed depends on the choice.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ Result = TypeVar("Result")
 AUTO = "auto"
 AUTO_LIMIT = 64  # questions per batch --batch auto tries at most
 GAIN = 0.05  # a doubled batch must be this much faster per token to be kept
+SAMPLES = 2  # batches timed at each size
+PATIENCE = 2  # sizes in a row that gain nothing before auto stops doubling: one noisy size does not end the search
 
 
 class FittedBatches:
@@ -41,6 +45,8 @@ class FittedBatches:
         self.size = 1 if size == AUTO else int(size)
         self.measuring, self.cost = size == AUTO, cost
         self.best: tuple[float, int] | None = None  # (seconds per token, size) of the fastest measured
+        self.samples: list[float] = []  # seconds per token of the batches at the size being measured
+        self.misses = 0  # sizes in a row measured no faster than the best
 
     def map(self, run: Callable[[list[Item]], list[Result]], items: Sequence[Item]) -> list[Result]:
         """``run`` over batches of ``items``, its results concatenated in the items' order."""
@@ -63,12 +69,18 @@ class FittedBatches:
         return results
 
     def _measured(self, size: int, per_token: float) -> None:
-        """Doubles the size while it pays; settles on the fastest size measured."""
+        """Doubles the size until it stops paying; settles on the fastest size measured."""
+        self.samples.append(per_token)
+        if len(self.samples) < SAMPLES:
+            return
+        per_token, self.samples = min(self.samples), []
         if self.best is None or per_token < self.best[0] * (1 - GAIN):
-            self.best = (per_token, size)
-            if size * 2 <= AUTO_LIMIT:
-                self.size = size * 2
-                return
+            self.best, self.misses = (per_token, size), 0
+        else:
+            self.misses += 1
+        if self.misses < PATIENCE and size * 2 <= AUTO_LIMIT:
+            self.size = size * 2
+            return
         self.size, self.measuring = self.best[1], False
         logger.info("--batch auto: %d per batch (%.2f ms per token measured)", self.size, self.best[0] * 1e3)
 

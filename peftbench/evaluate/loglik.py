@@ -224,10 +224,11 @@ def score_questions(
     length within windows of 16 batches (scores do not depend on the grouping: ``tests/evaluate/test_loglik.py``);
     ``progress`` is told the number of questions of each batch as it ends."""
     window = 16 * (AUTO_LIMIT if batch == AUTO else int(batch))
-    batches = FittedBatches(batch, cost=lambda question: len(question[1][0]))
-    questions = zip(examples, prompts, eval_prompt_ids(tokenizer, prompts, protocol), strict=True)
-
     header: Header | None = None
+    # A question's work is its tokens after the header, which is encoded once per window: counting the header
+    # too would make the later, shorter questions (and so the larger sizes auto tries later) look cheaper.
+    batches = FittedBatches(batch, cost=lambda question: len(question[1][0]) - (header.length if header else 0))
+    questions = zip(examples, prompts, eval_prompt_ids(tokenizer, prompts, protocol), strict=True)
 
     def run(part: list[tuple[int, list[list[int]]]]) -> list[OptionScores]:
         scores = score_batch(model, tokenizer.pad_token_id, part, header)

@@ -28,4 +28,7 @@ def test_lm_eval_scores_the_same_requests_as_ours(tiny_llama, data_dir: str, tmp
     assert 24 <= loglik["requests"] <= 30  # one per option: ARC-Easy questions have 4 or 5
     assert loglik["agreement"]["same_choice"] == 6 and loglik["agreement"]["max_abs_logprob_diff"] < 1e-4
     assert len(loglik["ratio_per_round"]) == 2 and set(loglik["questions_per_s"]) == set(loglik["seconds"])
+    ceiling, speeds = loglik["ceiling"], list(loglik["questions_per_s"].values())
+    assert ceiling["times_lm_eval"] == pytest.approx(ceiling["questions_per_s"] / speeds[1])
+    assert ceiling["peftbench_share"] == pytest.approx(speeds[0] / ceiling["questions_per_s"])
     assert report["generate"]["same_text"] == 3  # the same beam search, decoded alike

@@ -88,7 +88,7 @@ def test_auto_doubles_while_it_pays_and_keeps_the_fastest(monkeypatch: pytest.Mo
     """Seconds per item fall until 4 per batch, then rise: auto settles on 4, and every item is run once, in order."""
     import peftbench.evaluate.batching as batching
 
-    seconds_per_item = {1: 1.0, 2: 0.6, 4: 0.5, 8: 0.55}
+    seconds_per_item = {1: 1.0, 2: 0.6, 4: 0.5, 8: 0.55, 16: 0.5}
     now, sizes = [0.0], []
 
     def run(batch: list[int]) -> list[int]:
@@ -98,16 +98,17 @@ def test_auto_doubles_while_it_pays_and_keeps_the_fastest(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(batching.time, "perf_counter", lambda: now[0])
     batches = FittedBatches("auto")
-    items = list(range(40))
+    items = list(range(80))
     assert batches.map(run, items) == [item * 2 for item in items]
-    assert sizes == [1, 2, 4, 8] + [4] * 6 + [1] and batches.size == 4  # 25 items left after the trials
+    # Two batches at each size tried until two sizes in a row gain nothing (1 to 16: 62 items), then 4.
+    assert sizes == [1, 1, 2, 2, 4, 4, 8, 8, 16, 16] + [4] * 4 + [2] and batches.size == 4
 
 
 def test_auto_weighs_batches_by_their_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     """Longer items first (they are sorted) must not make a larger batch look slower: time is per token."""
     import peftbench.evaluate.batching as batching
 
-    now, per_token = [0.0], {1: 1.0, 2: 0.8, 4: 0.6, 8: 0.5, 16: 0.5}  # faster per token up to 8
+    now, per_token = [0.0], {1: 1.0, 2: 0.8, 4: 0.6, 8: 0.5, 16: 0.5, 32: 0.5}  # faster up to 8
 
     def run(batch: list[int]) -> list[int]:
         now[0] += per_token[len(batch)] * sum(batch)
@@ -117,3 +118,36 @@ def test_auto_weighs_batches_by_their_tokens(monkeypatch: pytest.MonkeyPatch) ->
     batches = FittedBatches("auto", cost=lambda tokens: tokens)
     batches.map(run, sorted(range(100, 300), reverse=True))
     assert batches.size == 8
+
+
+def test_auto_judges_a_size_by_its_fastest_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of 4 slowed by another process's load once does not make auto settle on 2."""
+    import peftbench.evaluate.batching as batching
+
+    now, timed = [0.0], {1: [1.0, 1.0], 2: [0.6, 0.6], 4: [0.9, 0.4], 8: [0.5, 0.5]}
+
+    def run(batch: list[int]) -> list[int]:
+        now[0] += (timed[len(batch)].pop(0) if timed.get(len(batch)) else 0.4) * len(batch)
+        return batch
+
+    monkeypatch.setattr(batching.time, "perf_counter", lambda: now[0])
+    batches = FittedBatches("auto")
+    batches.map(run, list(range(80)))
+    assert batches.size == 4
+
+
+def test_auto_is_not_stopped_by_one_size_that_gains_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """2 per batch measured no faster than 1 (another process's load, or no gain yet): auto still tries 4,
+    which is faster, and settles there after 8 and 16 gain nothing."""
+    import peftbench.evaluate.batching as batching
+
+    now, per_item = [0.0], {1: 1.0, 2: 0.98, 4: 0.7, 8: 0.72, 16: 0.75}
+
+    def run(batch: list[int]) -> list[int]:
+        now[0] += per_item[len(batch)] * len(batch)
+        return batch
+
+    monkeypatch.setattr(batching.time, "perf_counter", lambda: now[0])
+    batches = FittedBatches("auto")
+    batches.map(run, list(range(80)))
+    assert batches.size == 4

@@ -1,0 +1,73 @@
+"""The most any exact scorer could do on this machine: how fast log-likelihood evaluation could possibly be.
+
+An exact fp32 scorer must still run every question's own tokens through the model: the tokens after the header all
+questions share (which can be encoded once) up to each option's last token, each prefix once, and the output layer
+wherever an option's token is scored. Counting those products (2 per weight per token; attention's own products,
+small at these lengths, left out, so the ceiling errs high) and dividing the machine's measured fp32 matrix-multiply
+rate by them gives questions per second no exact implementation can pass. ``peftbench bench eval --against
+lm-eval`` prints it beside both harnesses' rates, so a target above it is seen to be out of reach, not guessed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    matmul_gflops: float  # the machine's measured fp32 rate on the model's own MLP shapes, the faster
+    gflop_per_question: float  # the least an exact scorer computes per question, on average
+    questions_per_s: float
+
+
+def header_length(sequences: Sequence[Sequence[list[int]]]) -> int:
+    """Tokens every option of every question starts with (the template's opening, encoded once)."""
+    first, every = sequences[0][0], [s for question in sequences for s in question]
+    length = 0
+    while length < len(first) - 1 and all(len(s) > length + 1 and s[length] == first[length] for s in every):
+        length += 1
+    return length
+
+
+def least_work(options: Sequence[list[int]], prompt_length: int, header: int) -> tuple[int, int]:
+    """(tokens that must go through the model, positions whose output-layer row must be computed) for a question:
+    each distinct prefix once, after the header; the final token of an option is scored, never run."""
+    forwarded = {tuple(s[:k]) for s in options for k in range(header + 1, len(s))}
+    scored = {tuple(s[:k]) for s in options for k in range(prompt_length, len(s))}
+    return len(forwarded), len(scored)
+
+
+def measured_matmul_gflops(rows: int, inner: int, outer: int, repeats: int = 30) -> float:
+    """The best of ``repeats`` timings of one (rows x inner) @ (inner x outer) fp32 product, in GFLOP/s."""
+    left, right = torch.randn(rows, inner), torch.randn(inner, outer)
+    left @ right  # the first call sets up the kernel
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        left @ right
+        best = min(best, time.perf_counter() - start)
+    return 2 * rows * inner * outer / best / 1e9
+
+
+def exact_ceiling(
+    model: torch.nn.Module, sequences: Sequence[Sequence[list[int]]], prompt_lengths: Sequence[int]
+) -> Ceiling:
+    embedding = model.get_input_embeddings().weight
+    vocabulary, hidden = embedding.shape
+    output_weights = vocabulary * hidden
+    body = sum(p.numel() for p in model.parameters()) - embedding.numel()
+    tied = model.get_output_embeddings().weight.data_ptr() == embedding.data_ptr()
+    body -= 0 if tied else output_weights  # the output layer is counted per scored position, not per token
+    header = header_length(sequences)
+    work = [least_work(q, n, header) for q, n in zip(sequences, prompt_lengths, strict=True)]
+    flop = sum(2 * body * tokens + 2 * output_weights * scored for tokens, scored in work) / len(work)
+    tokens_per_question = max(1, sum(tokens for tokens, _ in work) // len(work))
+    inner = getattr(model.config, "intermediate_size", 4 * hidden)
+    # The faster of the MLP's two shapes, at a batch of 4 questions' rows (more rows are not faster on CPU):
+    # a ceiling should err high.
+    rate = max(measured_matmul_gflops(tokens_per_question * 4, *shape) for shape in ((hidden, inner), (inner, hidden)))
+    return Ceiling(rate, flop / 1e9, rate * 1e9 / flop)
