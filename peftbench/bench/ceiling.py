@@ -19,7 +19,7 @@ import torch
 
 @dataclass(frozen=True)
 class Ceiling:
-    matmul_gflops: float  # the machine's measured fp32 rate on the model's own MLP shapes, the faster
+    matmul_gflops: float  # the device's measured fp32 rate on the model's own MLP shapes, the fastest
     gflop_per_question: float  # the least an exact scorer computes per question, on average
     questions_per_s: float
 
@@ -41,14 +41,18 @@ def least_work(options: Sequence[list[int]], prompt_length: int, header: int) ->
     return len(forwarded), len(scored)
 
 
-def measured_matmul_gflops(rows: int, inner: int, outer: int, repeats: int = 30) -> float:
-    """The best of ``repeats`` timings of one (rows x inner) @ (inner x outer) fp32 product, in GFLOP/s."""
-    left, right = torch.randn(rows, inner), torch.randn(inner, outer)
+def measured_matmul_gflops(rows: int, inner: int, outer: int, device: torch.device, repeats: int = 30) -> float:
+    """The best of ``repeats`` timings of one (rows x inner) @ (inner x outer) fp32 product on ``device``, in
+    GFLOP/s. A GPU runs products asynchronously: each timing waits for its product to end."""
+    left, right = torch.randn(rows, inner, device=device), torch.randn(inner, outer, device=device)
+    finish = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     left @ right  # the first call sets up the kernel
     best = float("inf")
     for _ in range(repeats):
+        finish()
         start = time.perf_counter()
         left @ right
+        finish()
         best = min(best, time.perf_counter() - start)
     return 2 * rows * inner * outer / best / 1e9
 
@@ -66,8 +70,9 @@ def exact_ceiling(
     work = [least_work(q, n, header) for q, n in zip(sequences, prompt_lengths, strict=True)]
     flop = sum(2 * body * tokens + 2 * output_weights * scored for tokens, scored in work) / len(work)
     tokens_per_question = max(1, sum(tokens for tokens, _ in work) // len(work))
-    inner = getattr(model.config, "intermediate_size", 4 * hidden)
-    # The faster of the MLP's two shapes, at a batch of 4 questions' rows (more rows are not faster on CPU):
-    # a ceiling should err high.
-    rate = max(measured_matmul_gflops(tokens_per_question * 4, *shape) for shape in ((hidden, inner), (inner, hidden)))
+    inner = getattr(model.config, "intermediate_size", None) or 4 * hidden  # GPT-Neo's is None: 4 x hidden
+    # The fastest of the MLP's two shapes at 4, 16 and 64 questions' rows (a CPU peaks at a few hundred rows, a
+    # GPU at thousands): a ceiling should err high.
+    shapes = [(tokens_per_question * n, *mlp) for n in (4, 16, 64) for mlp in ((hidden, inner), (inner, hidden))]
+    rate = max(measured_matmul_gflops(*shape, device=embedding.device) for shape in shapes)
     return Ceiling(rate, flop / 1e9, rate * 1e9 / flop)

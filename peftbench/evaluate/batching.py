@@ -31,7 +31,7 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 AUTO = "auto"
 AUTO_LIMIT = 64  # questions per batch --batch auto tries at most
-GAIN = 0.05  # a doubled batch must be this much faster per token to be kept
+GAIN = 0.05  # a size must be this much faster per token than the best so far to become the best
 SAMPLES = 2  # batches timed at each size
 PATIENCE = 2  # sizes in a row that gain nothing before auto stops doubling: one noisy size does not end the search
 
@@ -57,7 +57,9 @@ class FittedBatches:
             began = time.perf_counter()
             outputs = _attempt(run, batch)
             if outputs is None:
-                self.size, self.measuring = len(batch) // 2, False
+                # Mid-search, never a size measured slower than the best one that fit.
+                fitted = len(batch) // 2 if not (self.measuring and self.best) else min(len(batch) // 2, self.best[1])
+                self.size, self.measuring = fitted, False
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 logger.warning("out of GPU memory at %d per batch; continuing at %d", len(batch), self.size)
@@ -66,6 +68,8 @@ class FittedBatches:
                 self._measured(len(batch), (time.perf_counter() - began) / max(1, sum(map(self.cost, batch))))
             results.extend(outputs)
             start += len(batch)
+        if self.measuring and self.best is not None:
+            logger.info("--batch auto: the items ended mid-search; fastest so far %d per batch", self.best[1])
         return results
 
     def _measured(self, size: int, per_token: float) -> None:

@@ -28,3 +28,11 @@ def test_the_ceiling_is_the_measured_rate_over_the_least_work(tmp_path) -> None:
     assert ceiling.gflop_per_question == pytest.approx(expected_flop / 1e9)
     assert ceiling.questions_per_s == pytest.approx(ceiling.matmul_gflops / ceiling.gflop_per_question)
     assert ceiling.matmul_gflops > 0.1
+
+
+def test_the_ceiling_of_a_model_without_an_intermediate_size(tmp_path) -> None:
+    """GPT-Neo's config says intermediate_size None (its MLP is 4 x hidden): the ceiling is still measured."""
+    model = load_base_model(make_model_dir(tmp_path / "m", "gpt_neo"), None).eval()
+    assert model.config.intermediate_size is None
+    ceiling = exact_ceiling(model, [[[1, 2, 3, 4, 9], [1, 2, 3, 4, 8]]], [4])
+    assert ceiling.matmul_gflops > 0.1 and ceiling.questions_per_s > 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -85,7 +85,8 @@ def test_scores_and_generations_out_of_memory_equal_those_that_fit(architecture:
 
 
 def test_auto_doubles_while_it_pays_and_keeps_the_fastest(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Seconds per item fall until 4 per batch, then rise: auto settles on 4, and every item is run once, in order."""
+    """Seconds per item fall until 4 per batch; 8 and 16 gain nothing: auto settles on 4, and every item is run
+    once, in order."""
     import peftbench.evaluate.batching as batching
 
     seconds_per_item = {1: 1.0, 2: 0.6, 4: 0.5, 8: 0.55, 16: 0.5}
@@ -122,32 +123,53 @@ def test_auto_weighs_batches_by_their_tokens(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_auto_judges_a_size_by_its_fastest_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch of 4 slowed by another process's load once does not make auto settle on 2."""
-    import peftbench.evaluate.batching as batching
+    timed = {1: [1.0, 1.0], 2: [0.6, 0.6], 4: [0.9, 0.4], 8: [0.5, 0.5]}
 
-    now, timed = [0.0], {1: [1.0, 1.0], 2: [0.6, 0.6], 4: [0.9, 0.4], 8: [0.5, 0.5]}
+    def per_item(size: int) -> float:
+        return timed[size].pop(0) if timed.get(size) else 0.4
 
-    def run(batch: list[int]) -> list[int]:
-        now[0] += (timed[len(batch)].pop(0) if timed.get(len(batch)) else 0.4) * len(batch)
-        return batch
-
-    monkeypatch.setattr(batching.time, "perf_counter", lambda: now[0])
-    batches = FittedBatches("auto")
-    batches.map(run, list(range(80)))
-    assert batches.size == 4
+    assert _auto_size_on_a_fake_clock(monkeypatch, per_item, 80) == 4
 
 
 def test_auto_is_not_stopped_by_one_size_that_gains_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """2 per batch measured no faster than 1 (another process's load, or no gain yet): auto still tries 4,
     which is faster, and settles there after 8 and 16 gain nothing."""
+    per_item = {1: 1.0, 2: 0.98, 4: 0.7, 8: 0.72, 16: 0.75}
+    assert _auto_size_on_a_fake_clock(monkeypatch, per_item.__getitem__, 80) == 4
+
+
+def test_out_of_memory_mid_search_keeps_the_fastest_size_that_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 per batch fastest, 8 slower, 16 out of memory: the rest run at 4, not at 8."""
     import peftbench.evaluate.batching as batching
 
-    now, per_item = [0.0], {1: 1.0, 2: 0.98, 4: 0.7, 8: 0.72, 16: 0.75}
+    now, per_item, sizes = [0.0], {1: 1.0, 2: 0.6, 4: 0.5, 8: 0.55}, []
 
     def run(batch: list[int]) -> list[int]:
+        if len(batch) > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        sizes.append(len(batch))
         now[0] += per_item[len(batch)] * len(batch)
         return batch
 
     monkeypatch.setattr(batching.time, "perf_counter", lambda: now[0])
     batches = FittedBatches("auto")
-    batches.map(run, list(range(80)))
-    assert batches.size == 4
+    assert batches.map(run, list(range(50))) == list(range(50))
+    assert batches.size == 4 and sizes[8:] == [4] * 5  # after 1, 1, 2, 2, 4, 4, 8, 8 (30 items)
+
+
+def _auto_size_on_a_fake_clock(
+    monkeypatch: pytest.MonkeyPatch, seconds_per_item: Callable[[int], float], count: int
+) -> int:
+    """The size ``--batch auto`` settles on over ``count`` items when a batch of n takes n x seconds_per_item(n)."""
+    import peftbench.evaluate.batching as batching
+
+    now = [0.0]
+
+    def run(batch: list[int]) -> list[int]:
+        now[0] += seconds_per_item(len(batch)) * len(batch)
+        return batch
+
+    monkeypatch.setattr(batching.time, "perf_counter", lambda: now[0])
+    batches = FittedBatches("auto")
+    assert batches.map(run, list(range(count))) == list(range(count))
+    return batches.size
