@@ -16,21 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
+from peftbench.evaluate.loglik import header_length
+
 
 @dataclass(frozen=True)
 class Ceiling:
     matmul_gflops: float  # the device's measured fp32 rate on the model's own MLP shapes, the fastest
     gflop_per_question: float  # the least an exact scorer computes per question, on average
     questions_per_s: float
-
-
-def header_length(sequences: Sequence[Sequence[list[int]]]) -> int:
-    """Tokens every option of every question starts with (the template's opening, encoded once)."""
-    first, every = sequences[0][0], [s for question in sequences for s in question]
-    length = 0
-    while length < len(first) - 1 and all(len(s) > length + 1 and s[length] == first[length] for s in every):
-        length += 1
-    return length
 
 
 def least_work(options: Sequence[list[int]], prompt_length: int, header: int) -> tuple[int, int]:
@@ -66,7 +59,7 @@ def exact_ceiling(
     body = sum(p.numel() for p in model.parameters()) - embedding.numel()
     tied = model.get_output_embeddings().weight.data_ptr() == embedding.data_ptr()
     body -= 0 if tied else output_weights  # the output layer is counted per scored position, not per token
-    header = header_length(sequences)
+    header = header_length(list(zip(prompt_lengths, sequences, strict=True)))  # the one our scorer encodes once
     work = [least_work(q, n, header) for q, n in zip(sequences, prompt_lengths, strict=True)]
     flop = sum(2 * body * tokens + 2 * output_weights * scored for tokens, scored in work) / len(work)
     tokens_per_question = max(1, sum(tokens for tokens, _ in work) // len(work))

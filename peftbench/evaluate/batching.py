@@ -57,9 +57,10 @@ class FittedBatches:
             began = time.perf_counter()
             outputs = _attempt(run, batch)
             if outputs is None:
-                # Mid-search, never a size measured slower than the best one that fit.
-                fitted = len(batch) // 2 if not (self.measuring and self.best) else min(len(batch) // 2, self.best[1])
-                self.size, self.measuring = fitted, False
+                self.size = len(batch) // 2
+                if self.measuring and self.best is not None:  # never a size measured slower than the best that fit
+                    self.size = min(self.size, self.best[1])
+                self.measuring = False
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 logger.warning("out of GPU memory at %d per batch; continuing at %d", len(batch), self.size)

@@ -76,7 +76,7 @@ class Header:
     cache: Any
 
 
-def _header_length(questions: Sequence[tuple[int, Sequence[list[int]]]]) -> int:
+def header_length(questions: Sequence[tuple[int, Sequence[list[int]]]]) -> int:
     """Leading tokens all questions share, short of every prompt's last token (responses stay after it)."""
     first = questions[0][1][0]
     limit = min(length for length, _ in questions) - 1
@@ -89,7 +89,7 @@ def _header_length(questions: Sequence[tuple[int, Sequence[list[int]]]]) -> int:
 @torch.inference_mode()
 def encode_header(model: PreTrainedModel, questions: Sequence[tuple[int, Sequence[list[int]]]]) -> Header | None:
     """The window's shared header, encoded once; None where there is none or the model cannot use a cache."""
-    length = _header_length(questions)
+    length = header_length(questions)
     if length == 0 or inserts_virtual_tokens(model):
         return None
     ids = torch.tensor([questions[0][1][0][:length]], device=model.device)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 from tiny import make_model_dir
 
-from peftbench.bench.ceiling import exact_ceiling, header_length, least_work
+from peftbench.bench.ceiling import exact_ceiling, least_work
+from peftbench.evaluate.loglik import header_length
 from peftbench.models.load import load_base_model
 
 
 def test_the_least_work_counts_each_prefix_once_after_the_header_and_never_runs_a_final_token() -> None:
     questions = [[[1, 2, 3, 4, 9], [1, 2, 3, 4, 8]], [[1, 2, 5, 7, 6], [1, 2, 5, 7, 3, 3]]]
-    assert header_length(questions) == 2
+    assert header_length([(4, options) for options in questions]) == 2
     # The first: tokens 3, 4 run (9 and 8 are scored at 4's position); one output row.
     assert least_work(questions[0], prompt_length=4, header=2) == (2, 1)
     # The second: 5, 7 run, and 3 of the longer option; rows at 7 (for 6 and 3) and at 3 (for the last 3).

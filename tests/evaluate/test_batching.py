@@ -140,27 +140,23 @@ def test_auto_is_not_stopped_by_one_size_that_gains_nothing(monkeypatch: pytest.
 
 def test_out_of_memory_mid_search_keeps_the_fastest_size_that_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     """4 per batch fastest, 8 slower, 16 out of memory: the rest run at 4, not at 8."""
-    import peftbench.evaluate.batching as batching
+    sizes: list[int] = []
 
-    now, per_item, sizes = [0.0], {1: 1.0, 2: 0.6, 4: 0.5, 8: 0.55}, []
-
-    def run(batch: list[int]) -> list[int]:
-        if len(batch) > 8:
+    def per_item(size: int) -> float:
+        if size > 8:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        sizes.append(len(batch))
-        now[0] += per_item[len(batch)] * len(batch)
-        return batch
+        sizes.append(size)
+        return {1: 1.0, 2: 0.6, 4: 0.5, 8: 0.55}[size]
 
-    monkeypatch.setattr(batching.time, "perf_counter", lambda: now[0])
-    batches = FittedBatches("auto")
-    assert batches.map(run, list(range(50))) == list(range(50))
-    assert batches.size == 4 and sizes[8:] == [4] * 5  # after 1, 1, 2, 2, 4, 4, 8, 8 (30 items)
+    assert _auto_size_on_a_fake_clock(monkeypatch, per_item, 50) == 4
+    assert sizes[8:] == [4] * 5  # after 1, 1, 2, 2, 4, 4, 8, 8 (30 items)
 
 
 def _auto_size_on_a_fake_clock(
     monkeypatch: pytest.MonkeyPatch, seconds_per_item: Callable[[int], float], count: int
 ) -> int:
-    """The size ``--batch auto`` settles on over ``count`` items when a batch of n takes n x seconds_per_item(n)."""
+    """The size ``--batch auto`` settles on over ``count`` items when a batch of n takes n x seconds_per_item(n)
+    (which may raise, as running out of memory does)."""
     import peftbench.evaluate.batching as batching
 
     now = [0.0]
