@@ -12,7 +12,7 @@ DATA_DIR ?= ../shared/data/llm_adapters,../shared/data
 SEEDS ?= 1
 export PEFTBENCH_DATA_DIR := $(DATA_DIR)
 # The optional extras the tests exercise (CI installs them all): make setup EXTRAS=dev for the least.
-EXTRAS ?= dev,deepspeed,ray,tensorboard,browser,docs
+EXTRAS ?= dev,deepspeed,ray,tensorboard,browser,docs,dialogue
 
 .PHONY: setup demo reproduce test test-slow test-distributed test-browser test-hub test-slurm docs lint clean
 

@@ -6,13 +6,14 @@ writes none (``report/`` does).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from peftbench.analyze.stats import PairedTest, average_ci, bootstrap_ci, mcnemar
 from peftbench.config import ZERO_SHOT
-from peftbench.data.registry import benchmark_names
+from peftbench.data.registry import TASK_ORDER, dataset_names
 from peftbench.errors import UserError
 from peftbench.methods import METHODS
 from peftbench.runs.records import find_run_record, read_records
@@ -184,10 +185,25 @@ def _timestamp(record: dict[str, Any]) -> str:
     return record.get("environment", {}).get("time", "")
 
 
-def accuracy_table(records: list[dict[str, Any]]) -> AccuracyTable:
-    """One row per method and per setting that differs between its runs (model, learning rate, seed, sample
-    size, ...), never a mix of them. Where a row has several results for one dataset (runs that differ only by
-    when they ran), the newest counts and the others are listed in ``superseded``."""
+def task_of(record: dict[str, Any]) -> str:
+    """A result's task (results written before tasks existed are commonsense)."""
+    return record.get("task", "commonsense")
+
+
+def by_task(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The results of each task, tasks in the registry's order: each gets a table of its own, never one average."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        grouped.setdefault(task_of(record), []).append(record)
+    return dict(sorted(grouped.items(), key=lambda item: TASK_ORDER.index(item[0]) if item[0] in TASK_ORDER else 99))
+
+
+def newest_results(
+    records: list[dict[str, Any]],
+) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[tuple[str, str], list[str]]]:
+    """(row, dataset) -> its newest result, and the older ones not used. A row is a method plus whatever differs
+    between its runs (model, learning rate, seed, sample size, ...), never a mix of them; results that differ only
+    by when they ran are one cell, and the newest counts."""
     if not records:
         raise UserError("no evaluation results (output_*_eval.jsonl) found in the given folders")
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -199,9 +215,25 @@ def accuracy_table(records: list[dict[str, Any]]) -> AccuracyTable:
         newest[key] = group[-1]
         if len(group) > 1:
             superseded[key] = [r["result_file"] for r in group[:-1]]
-    methods = sorted({m for m, _ in newest}, key=lambda m: (_method_rank(m), m))
-    order = benchmark_names()
-    datasets = sorted({d for _, d in newest}, key=lambda d: order.index(d) if d in order else len(order))
+    return newest, superseded
+
+
+def ordered_rows(keys: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """(rows, datasets) of (row, dataset) keys: methods in the registry's order, datasets in the registry's."""
+    keys = list(keys)
+    methods = sorted({m for m, _ in keys}, key=lambda m: (_method_rank(m), m))
+    order = dataset_names()
+    datasets = sorted({d for _, d in keys}, key=lambda d: order.index(d) if d in order else len(order))
+    return methods, datasets
+
+
+def accuracy_table(records: list[dict[str, Any]]) -> AccuracyTable:
+    """One row per method and per setting that differs between its runs, one column per dataset; the results of
+    one task that scores accuracy (commonsense, math), so that the average is over that task alone."""
+    if len(tasks := {task_of(r) for r in records}) > 1:
+        raise UserError(f"one accuracy table holds one task's results, got {', '.join(sorted(tasks))}")
+    newest, superseded = newest_results(records)
+    methods, datasets = ordered_rows(newest)
     cells = {}
     for key, record in newest.items():
         outcomes = _outcomes(record)

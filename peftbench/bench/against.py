@@ -1,6 +1,7 @@
 """``peftbench bench eval --against lm-eval``: our evaluation and lm-evaluation-harness on the same requests.
 
 peftbench bench eval --against lm-eval                    # 200 ARC-Challenge questions, SmolLM2-135M, fp32
+peftbench bench eval --against lm-eval --dataset gsm8k --modes generate   # GSM8K: 200 new tokens, beam 4
 pip install 'peftbench[bench]'                             # lm-eval is an extra of the benchmark only
 
 Both score the same token sequences: every option becomes lm-eval's request (context = BOS + our prompt,
@@ -8,7 +9,9 @@ continuation = the option's response) with our tokens, passed to ``HFLM._loglike
 token-level entry its ``loglikelihood`` ends in, so neither tokenizer's choices decide the comparison. Rounds
 alternate which one runs first (the machine may be shared) and the medians are reported, with how many
 choices agree and the largest log-probability difference. Generation compares beam search with the same
-decoding (``num_beams``, ``max_gen_toks`` = our ``max_new_tokens``, greedy, EOS as lm-eval's stop string).
+decoding (``num_beams``, ``max_gen_toks`` = our ``max_new_tokens``, greedy, EOS as lm-eval's stop string), in
+the protocol's variant for the dataset's task (GSM8K: 200 new tokens), counts the same texts and, for math, the
+same extracted answers, and checks our batched text against one prompt at a time.
 """
 
 from __future__ import annotations
@@ -94,17 +97,17 @@ def rates(seconds: dict[str, list[float]], count: int, ours: str, theirs: str) -
 
 
 def bench_loglik(model: Any, tokenizer: Any, lm: Any, questions: Questions, settings: Any) -> dict[str, Any]:
-    from peftbench.data.protocols import HIRA
-    from peftbench.data.registry import get_dataset
     from peftbench.evaluate.loglik import score_questions
 
-    spec = get_dataset(settings.dataset)
+    spec, protocol = question_protocol(settings.dataset)
+    if not spec.has_options:
+        raise UserError(f"{spec.name} has no answer options to score by log-likelihood: --modes generate")
     requests = loglik_requests(tokenizer, questions)
     ways = {
         f"peftbench loglik (--batch {settings.batch})": lambda: [
             s.logprobs
             for _, s in score_questions(
-                model, tokenizer, questions.examples, questions.prompts, spec, HIRA, settings.batch
+                model, tokenizer, questions.examples, questions.prompts, spec, protocol, settings.batch
             )
         ],
         f"lm-eval HFLM (batch {settings.lm_eval_batch})": lambda: per_question(
@@ -131,16 +134,20 @@ def bench_generate(model: Any, tokenizer: Any, lm: Any, questions: Questions, se
 
     from peftbench.evaluate.generate import generate_responses
 
+    spec, protocol = question_protocol(settings.dataset)
     count = min(settings.generate_questions, len(questions.prompts))
-    decoding = {"until": [tokenizer.eos_token], "max_gen_toks": settings.max_new_tokens,
-                "num_beams": settings.beam_size, "do_sample": False}  # fmt: skip
+    beams, new_tokens = decoding_of(settings, protocol)
+    # The protocol's further settings (ConvAI2's length penalty and n-gram block) go to both, as generate() takes them.
+    decoding = {"until": [tokenizer.eos_token], "max_gen_toks": new_tokens, "num_beams": beams, "do_sample": False,
+                **protocol.generation}  # fmt: skip
     requests = [
         Instance("generate_until", {}, (tokenizer.decode(ids), decoding), index)
         for index, ids in enumerate(questions.prompt_ids[:count])
     ]
+    prompts = questions.prompt_ids[:count]
     ways = {
         f"peftbench generate (--batch {settings.batch})": lambda: generate_responses(
-            model, tokenizer, questions.prompt_ids[:count], settings.batch, settings.beam_size, settings.max_new_tokens
+            model, tokenizer, prompts, settings.batch, beams, new_tokens, generation=protocol.generation
         ),
         f"lm-eval generate_until (batch {settings.lm_eval_batch})": lambda: lm.generate_until(
             requests, disable_tqdm=True
@@ -148,10 +155,30 @@ def bench_generate(model: Any, tokenizer: Any, lm: Any, questions: Questions, se
     }
     seconds, outputs = side_by_side(ways, settings.rounds)
     ours, theirs = ways
+    one_by_one = generate_responses(model, tokenizer, prompts, 1, beams, new_tokens, generation=protocol.generation)
     same = sum(a.strip() == b.strip() for a, b in zip(outputs[ours], outputs[theirs], strict=True))
-    report = rates(seconds, count, ours, theirs) | {"seconds": seconds, "same_text": same, "questions": count}
+    report = rates(seconds, count, ours, theirs) | {
+        "seconds": seconds, "same_text": same, "questions": count, "beam_size": beams, "max_new_tokens": new_tokens,
+        "same_text_as_batch_1": sum(a == b for a, b in zip(outputs[ours], one_by_one, strict=True)),
+    }  # fmt: skip
+    if spec.answer_kind != "text" and spec.answer_kind in protocol.scorers and not spec.has_options:
+        report["same_answer"] = same_answers(spec, protocol, questions.examples[:count], outputs[ours], outputs[theirs])
     _print(report, "generation", count)
     return report
+
+
+def decoding_of(settings: Any, protocol: Any) -> tuple[int, int]:
+    """(beams, new tokens): the flags where given, else the protocol's (hira: 16 new tokens; GSM8K 200)."""
+    beams = settings.beam_size or protocol.eval_defaults["beam_size"]
+    return beams, settings.max_new_tokens or protocol.eval_defaults["max_new_tokens"]
+
+
+def same_answers(spec: Any, protocol: Any, examples: list[dict], ours: list[str], theirs: list[str]) -> int:
+    """How many questions get the same extracted answer from both texts, by the protocol's official scorer."""
+    from peftbench.evaluate.scoring import answer_scorer
+
+    score = answer_scorer(spec, protocol.scorers[spec.answer_kind])
+    return sum(score(a, e)[0] == score(b, e)[0] for a, b, e in zip(ours, theirs, examples, strict=True))
 
 
 def _print(report: dict[str, Any], what: str, count: int) -> None:
@@ -171,7 +198,9 @@ def _print(report: dict[str, Any], what: str, count: int) -> None:
         print(f"  agreement: same choice on {a['same_choice']}/{a['questions']} questions, largest log-prob "
               f"difference {a['max_abs_logprob_diff']:.2e}")  # fmt: skip
     else:
-        print(f"  agreement: the same text on {report['same_text']}/{report['questions']} questions")
+        print(f"  agreement: the same text on {report['same_text']}/{report['questions']} questions"
+              + (f", the same extracted answer on {report['same_answer']}" if "same_answer" in report else "")
+              + f"; our batched text equals batch 1's on {report['same_text_as_batch_1']}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -183,8 +212,8 @@ class AgainstBench:
     examples: int = 200  # seeded questions both score
     batch: str = "auto"  # ours, as --batch
     lm_eval_batch: int = 4  # lm-eval's fastest of 4 and 16 on a 2-core CPU (issue #30)
-    beam_size: int = 4
-    max_new_tokens: int = 16
+    beam_size: int | None = None  # None: the protocol's (hira: 4)
+    max_new_tokens: int | None = None  # None: the protocol's (hira: 16 commonsense, 200 math, 32 dialogue)
     rounds: int = 3  # each way runs this many times, alternating; medians are reported
     generate_questions: int = 16  # beam search is slow on a CPU: fewer questions for the generation comparison
     modes: tuple[str, ...] = ("loglik", "generate")
@@ -192,22 +221,33 @@ class AgainstBench:
 
 
 def load_questions(tokenizer: Any, settings: AgainstBench) -> Questions:
+    """The seeded questions in the hira protocol's variant for the dataset's task (GSM8K: the prompt cut at 155
+    tokens); options to score only where the dataset has them."""
     from peftbench.data.prompts import build_prompt, eval_prompt_ids, scored_sequences
-    from peftbench.data.protocols import HIRA
-    from peftbench.data.registry import get_dataset
     from peftbench.data.sources import answer_options, load_test_examples
     from peftbench.evaluate.runner import sample_indices
 
-    spec = get_dataset(settings.dataset)
+    spec, protocol = question_protocol(settings.dataset)
     pool = load_test_examples(settings.dataset, settings.data_dir).examples
     examples = [pool[i] for i in sample_indices(len(pool), settings.examples, seed=36)]
-    prompts = [build_prompt(e, HIRA) for e in examples]
-    prompt_ids = eval_prompt_ids(tokenizer, prompts, HIRA)
-    responses = [[spec.response_template.format(answer=o) for o in answer_options(e, spec)] for e in examples]
+    prompts = [build_prompt(e, protocol) for e in examples]
+    prompt_ids = eval_prompt_ids(tokenizer, prompts, protocol)
+    options = [answer_options(e, spec) if spec.has_options else [] for e in examples]
+    responses = [[spec.response_template.format(answer=o) for o in found] for found in options]
     sequences = [
-        scored_sequences(tokenizer, p, ids, r, HIRA) for p, ids, r in zip(prompts, prompt_ids, responses, strict=True)
+        scored_sequences(tokenizer, p, ids, r, protocol) if r else []
+        for p, ids, r in zip(prompts, prompt_ids, responses, strict=True)
     ]
     return Questions(examples, prompts, prompt_ids, sequences)
+
+
+def question_protocol(dataset: str) -> tuple[Any, Any]:
+    """(the dataset's entry, the hira protocol's variant for its task)."""
+    from peftbench.data.protocols import get_protocol
+    from peftbench.data.registry import get_dataset
+
+    spec = get_dataset(dataset)
+    return spec, get_protocol("hira", spec.task)
 
 
 def bench_against(settings: AgainstBench, out: Path | None) -> dict[str, Any]:
@@ -231,7 +271,7 @@ def bench_against(settings: AgainstBench, out: Path | None) -> dict[str, Any]:
           f"({report['threads']} threads), lm-eval {report['lm_eval']}", flush=True)  # fmt: skip
     with torch.inference_mode():  # both alike: lm-eval's own calls run under no_grad only
         # Whichever ran first would otherwise pay for the kernels' first-call setup.
-        model(input_ids=torch.tensor([questions.sequences[0][0]], device=model.device))
+        model(input_ids=torch.tensor([questions.prompt_ids[0]], device=model.device))
         if "loglik" in settings.modes:
             report["loglik"] = bench_loglik(model, tokenizer, lm, questions, settings)
         if "generate" in settings.modes:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from peftbench.bench.common import bench_device
+from peftbench.errors import UserError
 from peftbench.models.load import resolve_model_path
 from peftbench.runs.records import environment_record
 
@@ -35,6 +36,11 @@ def bench_eval(
     path = resolve_model_path(model_name)
     model, tokenizer = load_base_model(path, torch.float32).eval().to(bench_device()), load_tokenizer(path)
     spec = get_dataset(dataset)
+    if not spec.has_options:
+        raise UserError(
+            f"bench eval sets generation against log-likelihood on answer options; {dataset} has none: "
+            "--against lm-eval --modes generate compares its generation"
+        )
     pool = load_test_examples(dataset, data_dir).examples
     chosen = [pool[i] for i in sample_indices(len(pool), examples, seed=36)]
     prompts = [build_prompt(e, HIRA) for e in chosen]

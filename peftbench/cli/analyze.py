@@ -18,5 +18,6 @@ def add_to(commands: Any) -> None:
 def run(args: argparse.Namespace) -> None:
     from peftbench.report.analysis import analyze
 
-    print(analyze([Path(p) for p in args.results], Path(args.out), args.mode))
-    print(f"written to {args.out}: accuracy.csv, accuracy.md, stats.json, accuracy.png, loss_curves.png, report.md")
+    out = Path(args.out)
+    print(analyze([Path(p) for p in args.results], out, args.mode))
+    print(f"written to {out}: {', '.join(sorted(path.name for path in out.iterdir() if path.is_file()))}")

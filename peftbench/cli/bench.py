@@ -29,8 +29,10 @@ def add_to(commands: Any) -> None:
     evaluation.add_argument("--rounds", type=int, default=3, help="with --against: runs of each, medians kept")
     evaluation.add_argument("--modes", default="loglik,generate", help="with --against: loglik, generate or both")
     evaluation.add_argument("--generate_questions", type=int, default=16, help="with --against: for generation")
-    evaluation.add_argument("--beam_size", type=int, default=4)
-    evaluation.add_argument("--max_new_tokens", type=int, default=16)
+    evaluation.add_argument("--beam_size", type=int, default=None, help="default: the protocol's (4)")
+    evaluation.add_argument(
+        "--max_new_tokens", type=int, default=None, help="default: the protocol's (16; math 200, dialogue 32)"
+    )
     add_data_dir(evaluation)
     evaluation.add_argument("--out", default="bench_eval.json", help="JSON report ('' for none)")
     evaluation.set_defaults(action=run_eval)
@@ -89,8 +91,8 @@ def run_eval(args: argparse.Namespace) -> None:
     if args.against is None:
         from peftbench.bench.eval import bench_eval
 
-        bench_eval(args.model, args.dataset, args.examples or 32, args.batch, args.beam_size, args.max_new_tokens,
-                   args.data_dir, optional_path(args.out))  # fmt: skip
+        bench_eval(args.model, args.dataset, args.examples or 32, args.batch, args.beam_size or 4,
+                   args.max_new_tokens or 16, args.data_dir, optional_path(args.out))  # fmt: skip
         return
     from peftbench.bench.against import AgainstBench, bench_against
 

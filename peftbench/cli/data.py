@@ -12,7 +12,7 @@ from peftbench.errors import UserError
 
 def add_to(commands: Any) -> None:
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
-    listing = data.add_parser("list", help="the registered datasets and where their test data is found")
+    listing = data.add_parser("list", help="the registered datasets, their tasks and where their test data is found")
     add_data_dir(listing)
     listing.set_defaults(action=run_list)
     prepare = data.add_parser(
@@ -25,7 +25,9 @@ def add_to(commands: Any) -> None:
     stats = data.add_parser("stats", help="counts, label balance, token lengths, truncation")
     stats.add_argument("--datasets", default="all")
     stats.add_argument("--tokenizer", default="smollm2-135m", help="model name whose tokenizer counts tokens")
-    stats.add_argument("--max_length", type=int, default=256)
+    stats.add_argument(
+        "--max_length", type=int, default=None, help="default: each protocol's (hira: 256; math 155, dialogue 512)"
+    )
     add_data_dir(stats)
     stats.set_defaults(action=run_stats)
 
@@ -34,13 +36,16 @@ def run_list(args: argparse.Namespace) -> None:
     from peftbench.data.registry import ALL_DATASETS
     from peftbench.data.sources import load_test_examples
 
-    for spec in (s for s in ALL_DATASETS if not s.training_only):
-        try:
-            loaded = load_test_examples(spec.name, args.data_dir)
-            found = f"{len(loaded.examples)} test examples from {', '.join(loaded.origins)}"
-        except UserError as exc:
-            found = str(exc)
-        print(f"{spec.name:14s} aliases={','.join(spec.aliases) or '-':28s} {found}")
+    for spec in ALL_DATASETS:
+        if spec.training_only:
+            found = "training set"
+        else:
+            try:
+                loaded = load_test_examples(spec.name, args.data_dir)
+                found = f"{len(loaded.examples)} test examples from {', '.join(loaded.origins)}"
+            except UserError as exc:
+                found = str(exc)
+        print(f"{spec.name:15s} {spec.task:11s} aliases={','.join(spec.aliases) or '-':28s} {found}")
 
 
 def run_prepare(args: argparse.Namespace) -> None:

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from peftbench.config.checks import TRACKERS, check_tracker, require_positive
 from peftbench.config.choices import BAD_RECORD_MODES, EVAL_MODES, HUB_REVISIONS_HELP, default_data_dir, flag_help
-from peftbench.data.protocols import PROTOCOLS, get_protocol
-from peftbench.data.registry import resolve_names
+from peftbench.data.protocols import PROTOCOLS, Protocol, get_protocol
+from peftbench.data.registry import get_dataset, resolve_names
 from peftbench.errors import UserError
 from peftbench.hub import parse_pins
 
@@ -21,7 +21,13 @@ class EvalConfig:
     model_name: str | None = field(
         default=None, metadata=flag_help("Evaluate this base model zero-shot instead of a checkpoint.")
     )
-    dataset: str = field(default="boolq", metadata=flag_help("Benchmark(s): a name, a comma-separated list, or 'all'."))
+    dataset: str = field(
+        default="boolq",
+        metadata=flag_help(
+            "Benchmark(s): a name, a comma-separated list, 'all' (the nine commonsense benchmarks) or 'math' "
+            "(LLM-Adapters' math suite)."
+        ),
+    )
     eval_mode: str = field(
         default="generate",
         metadata=flag_help(
@@ -46,7 +52,8 @@ class EvalConfig:
     )
     beam_size: int | None = field(default=None, metadata=flag_help("Beams for generation. Protocol default (4)."))
     max_new_tokens: int | None = field(
-        default=None, metadata=flag_help("Maximum generated tokens per answer. Protocol default (hira: 16).")
+        default=None,
+        metadata=flag_help("Maximum generated tokens per answer. Protocol default (hira: 16; math 200, dialogue 32)."),
     )
     max_eval_samples: int | None = field(
         default=None, metadata=flag_help("Evaluate a seeded sample of this many examples.")
@@ -65,9 +72,31 @@ class EvalConfig:
     )
     hub_revisions: str | None = field(default=None, metadata=flag_help(HUB_REVISIONS_HELP))
     data_dir: str = field(default_factory=default_data_dir, metadata=flag_help("As for training."))
+    bert_score_model: str = field(
+        default="roberta-large",
+        metadata=flag_help(
+            "Dialogue: BERTScore's model (a hub id or folder; bert-score's default for English), or 'none'. A model "
+            "that cannot be loaded leaves BERTScore recorded as not computed, with the reason."
+        ),
+    )
+    bert_score_layers: int | None = field(
+        default=None,
+        metadata=flag_help(
+            "Dialogue: the layer BERTScore reads; default bert-score's for a known model (roberta-large: 17), "
+            "needed for a model folder."
+        ),
+    )
 
     def __post_init__(self) -> None:
-        resolve_names(self.dataset)
+        names = resolve_names(self.dataset)
+        if self.eval_mode == "loglik" and (free := [n for n in names if not get_dataset(n).has_options]):
+            raise UserError(
+                f"--eval_mode loglik scores answer options; {', '.join(free)} ha{'s' if len(free) == 1 else 've'} "
+                "none (math and dialogue are scored by generation)"
+            )
+        if self.protocol is not None and self.eval_mode == "generate" and len(names) == 1:
+            spec = get_dataset(names[0])  # with several, one the protocol cannot score is reported and skipped
+            get_protocol(self.protocol, spec.task).scorer(spec.name, spec.answer_kind)
         check_tracker(self.report_to)
         parse_pins(self.hub_revisions)
         if self.eval_mode not in EVAL_MODES:
@@ -80,13 +109,17 @@ class EvalConfig:
             beam_size=self.beam_size,
             max_new_tokens=self.max_new_tokens,
             max_eval_samples=self.max_eval_samples,
+            bert_score_layers=self.bert_score_layers,
         )
         if self.ckpt is None and self.output_dir is None:
             raise UserError("zero-shot evaluation (--model_name) needs --output_dir")
 
     def with_protocol(self, name: str) -> EvalConfig:
-        """This configuration with the protocol fixed (the checkpoint's, unless --protocol was given) and the
-        decoding settings left unset taken from it."""
-        protocol = get_protocol(self.protocol or name)
+        """This configuration with the protocol fixed: the checkpoint's, unless --protocol was given."""
+        return dataclasses.replace(self, protocol=get_protocol(self.protocol or name).name)
+
+    def with_decoding(self, protocol: Protocol) -> EvalConfig:
+        """The decoding settings left unset taken from the protocol's variant for a dataset's task (hira: 16 new
+        tokens for commonsense, 200 for math, 32 for dialogue)."""
         unset = {k: v for k, v in protocol.eval_defaults.items() if getattr(self, k) is None}
         return dataclasses.replace(self, protocol=protocol.name, **unset)

@@ -23,7 +23,7 @@ from peftbench.config.checks import (
 )
 from peftbench.config.choices import BAD_RECORD_MODES, HUB_REVISIONS_HELP, default_data_dir, flag_help
 from peftbench.data.pipeline import DataSettings
-from peftbench.data.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
+from peftbench.data.protocols import DEFAULT_MAX_LENGTH, DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
 from peftbench.data.registry import get_dataset
 from peftbench.errors import UserError
 from peftbench.hub import parse_pins
@@ -37,7 +37,9 @@ DEFAULT_MODEL = "EleutherAI/gpt-neo-1.3B"
 
 
 # Defaults of settings that a protocol leaves open.
-RUN_FALLBACKS: dict[str, Any] = {"epoch": 1.0, "eval_steps": 80, "target_modules": "q_proj,v_proj"}
+RUN_FALLBACKS: dict[str, Any] = {
+    "epoch": 1.0, "eval_steps": 80, "target_modules": "q_proj,v_proj", "max_length": DEFAULT_MAX_LENGTH,
+}  # fmt: skip
 
 
 @dataclass
@@ -146,7 +148,13 @@ class RunConfig:
             choices=CHECKPOINT_RULES,
         ),
     )
-    max_length: int = field(default=256, metadata=flag_help("Maximum tokens per training example."))
+    max_length: int | None = field(
+        default=None,
+        metadata=flag_help(
+            "Maximum tokens per training example (hira: of its prompt; the answer has its own bound). Protocol "
+            "default (hira: 256 commonsense, 155 math, 512 dialogue)."
+        ),
+    )
     val_set_size: int = field(default=120, metadata=flag_help("Examples held out of the training data for validation."))
     train_on_inputs: bool | None = field(
         default=None,
@@ -198,16 +206,21 @@ class RunConfig:
         parse_pins(self.hub_revisions)
         method = get_method(self.peft_type)
         _reject_foreign_flags(self, method)
-        self._fill_defaults(method)
+        dataset = get_dataset(self.dataset)
+        self._fill_defaults(method, dataset.task)
         if "r_ab" in method.flags and self.r_ab <= 0:
             raise UserError(f"--r_ab must be a positive integer for {self.peft_type}, got {self.r_ab}")
         if self.mora_type is not None and self.mora_type not in MORA_TYPES:
             raise UserError(f"--mora_type must be one of {', '.join(map(str, MORA_TYPES))}, got {self.mora_type}")
         if self.load_bit not in (16, 32):
             raise UserError(f"--load_bit must be 16 or 32, got {self.load_bit}")
-        get_dataset(self.dataset)
         if self.select_checkpoint not in CHECKPOINT_RULES:
             raise UserError(f"--select_checkpoint must be one of {', '.join(CHECKPOINT_RULES)}")
+        if self.select_checkpoint == "accuracy" and not dataset.has_options:
+            raise UserError(
+                f"--select_checkpoint accuracy scores answer options by log-likelihood; {dataset.name} "
+                f"({dataset.task}) has none: choose loss, answer_loss or last"
+            )
         if self.eval_strategy not in EVAL_STRATEGIES:
             raise UserError(f"--eval_strategy must be one of {', '.join(EVAL_STRATEGIES)}, got {self.eval_strategy!r}")
         require_positive(
@@ -241,10 +254,10 @@ class RunConfig:
         if self.output_folder is None:
             self.output_folder = f"results_{self.peft_type}"
 
-    def _fill_defaults(self, method: Method) -> None:
-        """Every setting left unset takes the method's value, then the protocol's, then peftbench's own default;
-        a method flag only for the methods built from it."""
-        protocol = get_protocol(self.protocol)
+    def _fill_defaults(self, method: Method, task: str) -> None:
+        """Every setting left unset takes the method's value, then the protocol's (its variant for the training
+        set's task), then peftbench's own default; a method flag only for the methods built from it."""
+        protocol = get_protocol(self.protocol, task)
         for name, value in {**RUN_FALLBACKS, **protocol.run_defaults, **method.defaults}.items():
             if getattr(self, name) is None and (name not in METHOD_FLAGS or name in method.flags):
                 setattr(self, name, value)

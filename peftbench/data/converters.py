@@ -1,5 +1,8 @@
 """Benchmark records in their hub / official schema -> the LLM-Adapters instruction format.
 
+Math and dialogue records too: MetaMathQA's (query, response), GSM8K's (question, answer '... #### N') and the
+episodes of ParlAI's ConvAI2 files (persona, history, reply; ``peftbench.data.sources`` reads the file).
+
 For the eight LLM-Adapters tasks the text is exactly LLM-Adapters' (a parity test round-trips every
 example in the published files); CommonsenseQA gets the ARC style with answer1..answer5. Each
 converter accepts the Hugging Face hub schema and the benchmark's original release schema where they
@@ -105,6 +108,43 @@ def commonsense_qa(record: Record) -> Example:
     return _multiple_choice(record["question"], record)
 
 
+# The marker MetaMathQA's responses end with, and the one HiRA's scorer (metamath_eval.py) reads the answer after.
+ANSWER_MARKER = "The answer is: "
+
+
+def metamath(record: Record) -> Example:
+    """A MetaMathQA record; its answer is the text after the response's last 'The answer is: '."""
+    response = record["response"]
+    if ANSWER_MARKER not in response:
+        raise ValueError(f"response has no {ANSWER_MARKER.strip()!r}")
+    answer = response.rsplit(ANSWER_MARKER, 1)[1].strip()
+    return {"instruction": record["query"], "input": "", "output": response, "answer": answer}
+
+
+def gsm8k(record: Record) -> Example:
+    """GSM8K's own schema: the solution ends '#### <number>' (no thousands separators in the gold number)."""
+    solution, marker, final = record["answer"].rpartition("####")
+    if not marker:
+        raise ValueError("answer has no '####' before its final number")
+    number = final.strip().replace(",", "")
+    return {"instruction": record["question"], "input": "", "output": record["answer"], "answer": number}
+
+
+# Speaker markers of the dialogue history: the official decoding cuts a reply at 'Q:' and 'R:' (train_hira.py:447,
+# convai2_eval.py clean_pred), the markers its DailyDialog history uses (dataset_hg.py:58-60); the reply is 'R'.
+PARTNER, SELF = "Q: ", "R: "
+
+
+def parlai(record: Record) -> Example:
+    """One reply of a ConvAI2 self-persona episode: the speaker's persona, then the history with the partner's
+    turns as 'Q: ' and the speaker's as 'R: ' (the last turn is the partner's), and the reply as the answer."""
+    history = record["history"]
+    turns = [(PARTNER if (len(history) - i) % 2 else SELF) + text.strip() for i, text in enumerate(history)]
+    context = " ".join([*(line.strip() for line in record["persona"]), *turns])
+    reply = record["reply"].strip()
+    return {"instruction": context, "input": "", "output": reply, "answer": reply, "dialogue": str(record["dialogue"])}
+
+
 def _label(value: Any, first: int, count: int) -> int:
     """A label as its 1-based option number, checked to be in range (labels are 0- or 1-based ints or strings)."""
     number = int(value) - first + 1
@@ -122,4 +162,7 @@ CONVERTERS: dict[str, Callable[[Record], Example]] = {
     "arc": arc,
     "openbookqa": openbookqa,
     "commonsense_qa": commonsense_qa,
+    "metamath": metamath,
+    "gsm8k": gsm8k,
+    "parlai": parlai,
 }

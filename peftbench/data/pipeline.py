@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from peftbench.cache import cache_root
 from peftbench.data.prompts import IGNORE_INDEX, PROMPT_CODE_HASH, tokenize_batch
 from peftbench.data.protocols import Protocol, get_protocol
+from peftbench.data.registry import get_dataset
 from peftbench.data.sources import load_train_examples
 from peftbench.errors import UserError
 
@@ -60,12 +61,17 @@ def tokenization_key(data_sha256: str, config: DataSettings, tokenizer: PreTrain
         "data": data_sha256,
         "split": [config.val_set_size, config.seed, config.max_train_samples],
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "protocol": get_protocol(config.protocol).settings(),
+        "protocol": data_protocol(config).settings(),
         "prompt_code": PROMPT_CODE_HASH,
         "max_length": config.max_length,
         "train_on_inputs": config.train_on_inputs,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def data_protocol(config: DataSettings) -> Protocol:
+    """The run's protocol in its variant for the training set's task."""
+    return get_protocol(config.protocol, get_dataset(config.dataset).task)
 
 
 class TrainingData(NamedTuple):
@@ -84,7 +90,7 @@ def build_datasets(config: DataSettings, tokenizer: PreTrainedTokenizerBase) -> 
     loaded = load_train_examples(config.dataset, config.data_dir, config.on_bad_record)
     if not loaded.examples:
         raise UserError(f"no training examples in {', '.join(loaded.origins)}")
-    protocol = get_protocol(config.protocol)
+    protocol = data_protocol(config)
     data, validation = hold_out_validation(
         Dataset.from_list(loaded.examples), config.val_set_size, protocol, config.seed
     )

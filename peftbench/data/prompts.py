@@ -21,7 +21,9 @@ PROMPT_CODE_HASH = "270c5a5da974"
 
 
 def prompt_version(protocol: Protocol) -> str:
-    return f"{protocol.name}:{PROMPT_CODE_HASH}"
+    """'hira:<hash>' for commonsense, as results have always recorded it; 'hira/math:<hash>' for another task."""
+    task = "" if protocol.task == "commonsense" else f"/{protocol.task}"
+    return f"{protocol.name}{task}:{PROMPT_CODE_HASH}"
 
 
 def build_prompt(example: dict[str, str], protocol: Protocol) -> str:
@@ -67,10 +69,12 @@ def tokenize_batch(
         sequences = [ids[:max_length] for ids in tails]
     columns: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
     keyword_starts = _keyword_starts(tokenizer, protocol, rows, prompts, prompt_ids, sequences) if answer_labels else []
-    for i, (ids, prompt) in enumerate(zip(sequences, prompt_ids, strict=True)):
+    for i, (ids, prompt, tail) in enumerate(zip(sequences, prompt_ids, tails, strict=True)):
         real_length = len(ids)  # before EOS: the answer keyword ends here
-        # As LLM-Adapters: EOS only when the text fits, so a cut example does not learn to stop mid-answer.
-        if protocol.append_eos and len(ids) < max_length and ids[-1] != tokenizer.eos_token_id:
+        # As LLM-Adapters: EOS only when the text fits, so a cut example does not learn to stop mid-answer. With the
+        # answer cut apart (answer_max_tokens), "fits" is the answer's own bound: the prompt's does not cover it.
+        fits = len(ids) < max_length if protocol.answer_max_tokens is None else len(tail) <= protocol.answer_max_tokens
+        if protocol.append_eos and fits and ids[-1] != tokenizer.eos_token_id:
             ids.append(tokenizer.eos_token_id)
         masked = 0 if train_on_inputs else min(len(prompt), len(ids))
         columns["input_ids"].append(ids)

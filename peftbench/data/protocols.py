@@ -12,7 +12,7 @@ Any single flag still overrides its protocol's default: a protocol only fills wh
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from peftbench.errors import UserError
@@ -35,6 +35,7 @@ LLM_ADAPTERS_INPUT_TEMPLATE = (
 )
 
 VALIDATION_RULES = ("shuffle-tail", "train-test-split")
+DEFAULT_MAX_LENGTH = 256  # --max_length where a protocol leaves it unset (the commonsense variants)
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,34 @@ class Protocol:
     run_defaults: dict[str, Any] = field(default_factory=dict)  # RunConfig fields left unset
     eval_defaults: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields left unset
     sources: dict[str, str] = field(default_factory=dict)  # setting -> the official line it follows
+    # Added with the math and dialogue tasks. At these defaults (the commonsense variants) they stay out of
+    # settings(), so the commonsense settings, tokenization cache keys and results are those written before.
+    task: str = "commonsense"
+    scorers: dict[str, str] = field(default_factory=lambda: {"keyword": "keyword"})  # answer kind -> scorer
+    generation: dict[str, Any] = field(default_factory=dict)  # further generate() settings (length penalty, ...)
+
+    def scorer(self, dataset: str, answer_kind: str) -> str:
+        """The official scorer of a dataset's kind of answer under this protocol, or one line naming those that
+        have one (AQuA's letters are LLM-Adapters'; HiRA's rule rounds, so it scores integer answers only)."""
+        if answer_kind in self.scorers:
+            return self.scorers[answer_kind]
+        offered = [p.name for p in TASK_PROTOCOLS.values() if p.task == self.task and answer_kind in p.scorers]
+        where = f"--protocol {' or '.join(offered)} scores them" if offered else "no protocol scores them"
+        raise UserError(f"{dataset}'s answers ({answer_kind}) have no official scorer under protocol {self.name!r}; "
+                        f"{where}")  # fmt: skip
 
     def settings(self) -> dict[str, Any]:
         """Everything this protocol decides, for output.jsonl and every evaluation record."""
-        return {k: v for k, v in asdict(self).items() if k not in ("summary", "sources")}
+        added = {f.name: f for f in fields(self) if f.name in ("task", "scorers", "generation")}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("summary", "sources") and not (k in added and v == _default(added[k]))
+        }
+
+
+def _default(declared: Field) -> Any:
+    return declared.default_factory() if declared.default_factory is not MISSING else declared.default
 
 
 HIRA = Protocol(
@@ -157,7 +182,78 @@ LLM_ADAPTERS = Protocol(
     },  # fmt: skip
 )
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (HIRA, LLM_ADAPTERS)}
+# The math task under the official HiRA code: GSM8K's path through train_hira.py (template_type 4, the prompt cut
+# at token_length_map's 155 tokens, the answer at gen_max_new_token_map's 200), which MetaMathQA trains on too.
+HIRA_MATH = replace(
+    HIRA,
+    task="math",
+    summary="the official HiRA code's GSM8K path (train_hira.py, dataset/format_inputs.py) and metamath_eval.py",
+    answer_max_tokens=200,
+    append_eos=True,
+    eval_prompt_max_tokens=155,
+    run_defaults={**HIRA.run_defaults, "max_length": 155},
+    eval_defaults={"beam_size": 4, "max_new_tokens": 200},
+    scorers={"integer": "hira-number"},  # it rounds every prediction: only integer answers can match
+    sources={
+        **HIRA.sources,
+        "template": "train_hira.py:229-231 (gsm8k: template_type 4, BOOLQ_TEMPLATE)",
+        "answer_max_tokens": "train_hira.py:235-237 (target_length = gen_max_new_token_map['gsm8k'] = 200)",
+        "append_eos": "format_inputs.py:169 (the meta_math training path, template_type 0, ends with EOS)",
+        "max_length": "format_inputs.py:15-35 (token_length_map: meta_math and gsm8k 155, the prompt's bound)",
+        "eval_prompt_max_tokens": "format_inputs.py:179-186 (prompt with BOS cut at 155)",
+        "max_new_tokens": "format_inputs.py:37-57 (gen_max_new_token_map: meta_math and gsm8k 200)",
+        "beam_size": "train_hira.py:404-419 (gsm8k: beam 4)",
+        "scorer": "metamath_eval.py extract_answer_number (the number after the last 'The answer is: ', rounded)",
+    },
+)
+# ConvAI2 under the official HiRA code: template_type 0, the whole sequence cut at 512 tokens, beam search with
+# the length penalty and n-gram block of train_hira.py's last branch, 32 new tokens.
+HIRA_DIALOGUE = replace(
+    HIRA,
+    task="dialogue",
+    summary="the official HiRA code's ConvAI2 path (train_hira.py, dataset/format_inputs.py) and convai2_eval.py",
+    template="CONTEXT: {instruction} TARGET: ",
+    answer_max_tokens=512,
+    append_eos=True,
+    eval_prompt_max_tokens=512,
+    run_defaults={**HIRA.run_defaults, "max_length": 512},
+    eval_defaults={"beam_size": 4, "max_new_tokens": 32},
+    generation={"length_penalty": 0.9, "no_repeat_ngram_size": 4},
+    scorers={"text": "dialogue"},
+    sources={
+        **HIRA.sources,
+        "template": "format_inputs.py:144 (template_type 0, 'CONTEXT: {cinput} TARGET: {target}'); train_hira.py:228",
+        "answer_max_tokens": "format_inputs.py:169-172 (512 tokens; the reply tokenized apart, see NOT_REPLICATED)",
+        "append_eos": "format_inputs.py:169",
+        "max_length": "format_inputs.py:15-35 (token_length_map: convai2 512)",
+        "eval_prompt_max_tokens": "format_inputs.py:179-186 (prompt with BOS cut at 512)",
+        "max_new_tokens": "format_inputs.py:37-57 (gen_max_new_token_map: convai2 32)",
+        "beam_size": "train_hira.py:420-425 (num_beams 4, length_penalty 0.9, no_repeat_ngram_size 4)",
+        "generation": "train_hira.py:420-425",
+        "scorer": "convai2_eval.py (clean_pred; BLEU, METEOR, ROUGE, BERTScore, F1, Dist)",
+    },
+)
+
+# LLM-Adapters' math: finetune.py as for commonsense (its README's math commands), scored by evaluate.py.
+LLM_ADAPTERS_MATH = replace(
+    LLM_ADAPTERS,
+    task="math",
+    summary="LLM-Adapters' finetune.py on math_10k and evaluate.py (AGI-Edgerunners/LLM-Adapters)",
+    eval_defaults={"beam_size": 4, "max_new_tokens": 256},
+    scorers={"integer": "llm-adapters-number", "number": "llm-adapters-number", "letter": "llm-adapters-letter"},
+    sources={
+        **LLM_ADAPTERS.sources,
+        "beam_size": "evaluate.py:37-68 (num_beams 4, no sampling)",
+        "max_new_tokens": "evaluate.py:37-68 (max_new_tokens 256)",
+        "scorer": "evaluate.py:272-298 (the last number, |label - prediction| <= 0.001; AQuA: the first A-E)",
+    },
+)
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (HIRA, LLM_ADAPTERS)}  # the commonsense variants
+# (protocol, task) -> its variant for that task; a protocol that has none for a task refuses it.
+TASK_PROTOCOLS: dict[tuple[str, str], Protocol] = {
+    (p.name, p.task): p for p in (HIRA, LLM_ADAPTERS, HIRA_MATH, HIRA_DIALOGUE, LLM_ADAPTERS_MATH)
+}
 DEFAULT_PROTOCOL = HIRA.name
 
 # Official behaviour that is a defect, not a choice: the correct behaviour is kept (README, "Not replicated").
@@ -182,6 +278,34 @@ NOT_REPLICATED: tuple[tuple[str, str, str], ...] = (
         "the training template at evaluation too",
     ),
     (
+        "MetaMathQA trained in another prompt than GSM8K is evaluated in",
+        "hira: train_hira.py:228-231 gives meta_math template_type 0 ('CONTEXT: {cinput} TARGET: {target}', "
+        "format_inputs.py:144) with prompt and response cut together at 155 tokens (format_inputs.py:169-172), which "
+        "cuts the final answer off most MetaMathQA responses, while gsm8k is evaluated in template_type 4",
+        "math trains as train_hira.py trains gsm8k: template_type 4's prompt cut at 155 tokens and the response at "
+        "200 (format_inputs.py:188-199), ended by EOS as the meta_math path ends it (format_inputs.py:169)",
+    ),
+    (
+        "A ConvAI2 context mask that masks nothing",
+        "hira: format_inputs.py:208-217 looks for 'TARGET:''s colon at len(context) - 2 of ids that begin with BOS, "
+        "one position early, so the assertion fails, _end_idx becomes -1 and the whole context is trained on",
+        "the context is masked, as the code means to (--train_on_inputs trains on it)",
+    ),
+    (
+        "A ConvAI2 reply trained after other tokens than it is generated after",
+        "hira: format_inputs.py:165-172 tokenizes 'CONTEXT: {context} TARGET: {reply}' as one text (the space joins "
+        "the reply's first token) but evaluates after 'CONTEXT: {context} TARGET: ' (format_inputs.py:179-186), "
+        "whose last token, the space alone, training never showed before a reply",
+        "the context is tokenized as evaluation sees it and the reply apart (as the commonsense path does), each cut "
+        "at 512 tokens",
+    ),
+    (
+        "MAWPS refused by LLM-Adapters' scorer",
+        "llm-adapters: evaluate.py:181, 274-281 leaves mawps out of --dataset and raises NotImplementedError for it, "
+        "although its README:48 names MAWPS and dataset/mawps/test.json ships",
+        "mawps is scored by the same number rule as the other numeric sets",
+    ),
+    (
         "An unseeded training shuffle",
         "llm-adapters: finetune.py:259 (train_val['train'].shuffle() without a seed)",
         "the Trainer's seeded order (--seed)",
@@ -189,8 +313,12 @@ NOT_REPLICATED: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def get_protocol(name: str) -> Protocol:
+def get_protocol(name: str, task: str = "commonsense") -> Protocol:
+    """The protocol's variant for a task (commonsense, math, dialogue)."""
+    if name not in PROTOCOLS:
+        raise UserError(f"unknown --protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
     try:
-        return PROTOCOLS[name]
+        return TASK_PROTOCOLS[(name, task)]
     except KeyError:
-        raise UserError(f"unknown --protocol {name!r}; choose one of {', '.join(PROTOCOLS)}") from None
+        offered = ", ".join(p for p, t in TASK_PROTOCOLS if t == task)
+        raise UserError(f"protocol {name!r} has no {task} variant; {task} is defined under: {offered}") from None

@@ -1,7 +1,9 @@
-"""The nine benchmarks and Commonsense-170K as table entries.
+"""The benchmarks and training sets of every task as table entries.
 
 The trainer and evaluator never branch on a dataset's name: everything that differs between
-benchmarks (folder, files, answer keywords, schema converter) is in its entry here.
+benchmarks (folder, files, answer keywords, schema converter, task) is in its entry here. A task
+(commonsense, math, dialogue) decides how a test record's answer is checked and, with the protocol,
+the prompt, decoding and scorer (``peftbench.data.protocols``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,15 @@ class DatasetSpec:
     union_of: tuple[str, ...] = ()  # a training mix: rebuilt from these datasets' train files if its own is absent
     response_template: str = "the correct answer is {answer}"  # the trained response; loglik scores it per option
     version: str = "llm-adapters-1"  # recorded in every result, so a prompt change stays traceable
+    task: str = "commonsense"  # which of a protocol's task variants prompts, decodes and scores it
+    # How a test record's answer is checked and scored: keyword (one of keywords), integer, number, letter (A-E) or
+    # text (a free-form reference).
+    answer_kind: str = "keyword"
+
+    @property
+    def has_options(self) -> bool:
+        """Its questions offer answer options, which log-likelihood can score."""
+        return self.answer_kind == "keyword"
 
     @property
     def training_only(self) -> bool:
@@ -140,26 +151,108 @@ COMMONSENSE_MIX = DatasetSpec(
     union_of=tuple(spec.name for spec in BENCHMARKS if spec.name != "csqa"),
 )
 
-ALL_DATASETS: tuple[DatasetSpec, ...] = (*BENCHMARKS, COMMON_170K, COMMONSENSE_MIX)
+
+METAMATH_EVIDENCE = (
+    "the MetaMath authors' own repository (linked from their paper and github.com/meta-math/MetaMath); "
+    "MetaMathQA-395K.json (query, response, type, original_question) is its one data file, read as itself"
+)
+GSM8K_EVIDENCE = (
+    "GSM8K's authors' repository, config 'main': its test split holds the 1,319 problems of LLM-Adapters' "
+    "gsm8k/test.json (the file HiRA's metamath_eval.py scores), in GSM8K's own schema (question, answer '... #### N')"
+)
+
+
+def _math_test_set(name: str, folder: str, answer_kind: str = "number", **extra: object) -> DatasetSpec:
+    """An LLM-Adapters math test set (``<folder>/test.json``): a number, or AQuA's letter, is the answer."""
+    return DatasetSpec(name, folder, keywords=(), aliases=(folder,), train_files=(), task="math",
+                       answer_kind=answer_kind, version="llm-adapters-math-1", **extra)  # fmt: skip
+
+
+# LLM-Adapters' math suite (dataset/<folder>/test.json); GSM8K also from the hub in its own schema.
+MATH_BENCHMARKS: tuple[DatasetSpec, ...] = (
+    _math_test_set("gsm8k", "gsm8k", answer_kind="integer", schema="gsm8k",
+                   hub=HubSource("openai/gsm8k", "main", test_split="test", train_split=None, evidence=GSM8K_EVIDENCE)),
+    _math_test_set("svamp", "SVAMP", answer_kind="integer"),
+    _math_test_set("aqua", "AQuA", answer_kind="letter"),
+    # AddSub, SingleEq and MAWPS have non-integer answers (126 of 395, 134 of 508, 38 of 238): HiRA's rule rounds
+    # every prediction, so it could never score them; they are 'number', scored only by LLM-Adapters' rule.
+    _math_test_set("addsub", "AddSub"),
+    _math_test_set("multiarith", "MultiArith", answer_kind="integer"),
+    _math_test_set("singleeq", "SingleEq"),
+    _math_test_set("mawps", "mawps"),
+)  # fmt: skip
+# Training sets of the math task. MetaMathQA is read as its authors publish it (the hub's own file, locally in a
+# folder named after the repository); the two LLM-Adapters sets are in its instruction format.
+METAMATH = DatasetSpec(
+    "metamath", "MetaMathQA", keywords=(), aliases=("meta_math", "metamathqa"), test_files=(),
+    official_train_files=("MetaMathQA-395K.json",), schema="metamath", task="math", answer_kind="text",
+    hub=HubSource("meta-math/MetaMathQA", test_split=None, evidence=METAMATH_EVIDENCE),
+)  # fmt: skip
+MATH_10K_EVIDENCE = (
+    "LLM-Adapters' ft-training_set/math_10k.json (GSM8K, MAWPS and AQuA training problems with worked answers, "
+    "README:48) as parquet, one train split; its card cites the LLM-Adapters paper (arXiv 2304.01933)"
+)
+MATH_10K = DatasetSpec(
+    "math_10k", "math_10k", keywords=(), test_files=(), train_files=("math_10k.json",), task="math",
+    answer_kind="text", extra_folders=(".", "ft-training_set"),  # LLM-Adapters keeps it at ft-training_set/
+    hub=HubSource("lmms-lab/Math10K", test_split=None, evidence=MATH_10K_EVIDENCE),
+)  # fmt: skip
+MATH_DATA = DatasetSpec(
+    "math_data", "math_data", keywords=(), test_files=(), train_files=("math_data.json",), task="math",
+    answer_kind="text", extra_folders=(".", "ft-training_set"),
+)  # fmt: skip
+# ConvAI2 in the self-persona setting, from ParlAI's files: one example per reply (131,438 train, 7,801 test);
+# ParlAI's validation set is the test set the HiRA paper reports (1,000 dialogues).
+CONVAI2 = DatasetSpec(
+    "convai2", "convai2", keywords=(), official_test_files=("valid_self_original.txt",),
+    official_train_files=("train_self_original.txt",), schema="parlai", task="dialogue", answer_kind="text",
+    version="parlai-self-original-1",
+)  # fmt: skip
+
+ALL_DATASETS: tuple[DatasetSpec, ...] = (
+    *BENCHMARKS,
+    COMMON_170K,
+    COMMONSENSE_MIX,
+    *MATH_BENCHMARKS,
+    METAMATH,
+    MATH_10K,
+    MATH_DATA,
+    CONVAI2,
+)
 _BY_NAME = {name.lower(): spec for spec in ALL_DATASETS for name in (spec.name, spec.folder, *spec.aliases)}
+# Names that stand for several test sets: 'all' is the nine commonsense benchmarks, as the specification has it.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "all": tuple(spec.name for spec in BENCHMARKS),
+    "commonsense": tuple(spec.name for spec in BENCHMARKS),
+    "math": tuple(spec.name for spec in MATH_BENCHMARKS),
+}
 
 
 def get_dataset(name: str) -> DatasetSpec:
     try:
         return _BY_NAME[name.lower()]
     except KeyError:
-        known = ", ".join(spec.name for spec in ALL_DATASETS)
-        raise UserError(f"unknown dataset {name!r}; known datasets: {known}") from None
+        known = ", ".join([*(spec.name for spec in ALL_DATASETS), *GROUPS])
+        raise UserError(f"unknown dataset {name!r}; known datasets and groups: {known}") from None
 
 
 def benchmark_names() -> list[str]:
     return [spec.name for spec in BENCHMARKS]
 
 
+def dataset_names() -> list[str]:
+    """Every registered dataset, in the registry's order (commonsense, then math, then dialogue)."""
+    return [spec.name for spec in ALL_DATASETS]
+
+
+TASK_ORDER = ("commonsense", "math", "dialogue")
+
+
 def resolve_names(requested: str) -> list[str]:
-    """'all' (the nine benchmarks), one name or a comma-separated list, normalised to registry names."""
-    names = benchmark_names() if requested.strip().lower() == "all" else requested.split(",")
-    resolved = [get_dataset(name.strip()).name for name in names if name.strip()]
+    """One name, a group ('all': the nine commonsense benchmarks; 'math': LLM-Adapters' math suite) or a
+    comma-separated list of them, normalised to registry names."""
+    names = [n for part in requested.split(",") for n in GROUPS.get(part.strip().lower(), (part,)) if n.strip()]
+    resolved = list(dict.fromkeys(get_dataset(name.strip()).name for name in names))
     if not resolved:
         raise UserError("--dataset is empty")
     return resolved

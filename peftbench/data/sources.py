@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ from peftbench.data.registry import DatasetSpec, get_dataset
 from peftbench.errors import UserError
 
 logger = logging.getLogger(__name__)
-REQUIRED_FIELDS = ("instruction", "output", "answer")
+# A test record needs no worked output (six of LLM-Adapters' GSM8K test records have none): only training does.
+REQUIRED_FIELDS = {"train": ("instruction", "output", "answer"), "test": ("instruction", "answer")}
 BAD_RECORD_MODES = ("skip", "error")
 
 
@@ -78,8 +80,41 @@ def _local_file(roots: Sequence[Path], spec: DatasetSpec, kind: str) -> Path | N
     return _find(roots, spec, local) or _find(roots, spec, official)
 
 
+def _parlai_records(path: Path) -> Iterable[tuple[str, Any]]:
+    """One record per reply of ParlAI's ConvAI2 files: numbered lines, 1 at each episode's start; 'your persona:'
+    lines, then 'partner turn<TAB>reply<TAB>...' lines (the partner's persona, in other variants, is not used)."""
+    persona: list[str] = []
+    history: list[str] = []
+    episode = -1
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        index, _, text = line.partition(" ")
+        if not line.strip():
+            continue
+        if not index.isdigit():
+            yield f"line {number}", ValueError("does not start with a turn number")
+            continue
+        if index == "1":
+            persona, history, episode = [], [], episode + 1
+        if text.startswith("your persona:"):
+            persona.append(text)
+            continue
+        if text.startswith("partner's persona:"):
+            continue
+        fields = text.split("\t")
+        if len(fields) < 2:
+            yield f"line {number}", ValueError("has no tab-separated reply")
+            continue
+        partner, reply = fields[0], fields[1]
+        record = {"persona": persona, "history": [*history, partner], "reply": reply, "dialogue": episode}
+        yield f"line {number}", record
+        history += [partner, reply]
+
+
 def _raw_records(path: Path) -> Iterable[tuple[str, Any]]:
     """(location, record) pairs; a malformed JSONL line is yielded as its error for the bad-record policy."""
+    if path.suffix == ".txt":
+        yield from _parlai_records(path)
+        return
     if path.suffix != ".jsonl":
         try:
             records = json.loads(path.read_text(encoding="utf-8"))
@@ -105,7 +140,7 @@ def _raw_records(path: Path) -> Iterable[tuple[str, Any]]:
         yield f"line {number}", record
 
 
-def _check(record: Any, spec: DatasetSpec, convert: bool) -> Example:
+def _check(record: Any, spec: DatasetSpec, convert: bool, kind: str) -> Example:
     """The record as a valid example of spec, or ValueError saying what is wrong."""
     if isinstance(record, Exception):
         raise record
@@ -114,20 +149,44 @@ def _check(record: Any, spec: DatasetSpec, convert: bool) -> Example:
             record = CONVERTERS[spec.schema](record)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not in {spec.schema}'s schema (missing or wrong {exc})") from None
-    missing = [name for name in REQUIRED_FIELDS if not isinstance(record.get(name), str) or not record[name].strip()]
+    required = REQUIRED_FIELDS[kind]
+    missing = [name for name in required if not isinstance(record.get(name), str) or not record[name].strip()]
     if missing:
         raise ValueError(f"lacks {', '.join(missing)}")
-    if record["answer"] not in spec.keywords:
-        raise ValueError(f"has answer {record['answer']!r}, not one of {spec.keywords}")
+    if problem := ANSWER_CHECKS[spec.answer_kind](record["answer"], spec):
+        raise ValueError(f"has answer {record['answer']!r}, {problem}")
     return {**record, "input": record.get("input") or ""}
 
 
-def _examples(records: Iterable[tuple[str, Any]], spec: DatasetSpec, origin: str, convert: bool, on_bad: str) -> Loaded:
+def _number_problem(answer: str, spec: DatasetSpec) -> str | None:
+    try:
+        value = float(answer.replace(",", ""))
+    except ValueError:
+        return "not a number"
+    if not math.isfinite(value):
+        return "not a finite number"
+    return "not an integer" if spec.answer_kind == "integer" and value != int(value) else None
+
+
+# answer_kind -> what is wrong with an answer (None: nothing). A test answer that no scorer can match is a
+# mislabelled record: 'text' (a free-form reply or final answer) needs only to be non-empty.
+ANSWER_CHECKS: dict[str, Callable[[str, DatasetSpec], str | None]] = {
+    "keyword": lambda answer, spec: None if answer in spec.keywords else f"not one of {spec.keywords}",
+    "integer": _number_problem,
+    "number": _number_problem,
+    "letter": lambda answer, spec: None if answer in tuple("ABCDE") else "not a letter A-E",
+    "text": lambda answer, spec: None,
+}
+
+
+def _examples(
+    records: Iterable[tuple[str, Any]], spec: DatasetSpec, origin: str, convert: bool, on_bad: str, kind: str
+) -> Loaded:
     examples: list[Example] = []
     bad: list[str] = []
     for location, record in records:
         try:
-            examples.append(_check(record, spec, convert))
+            examples.append(_check(record, spec, convert, kind))
         except ValueError as exc:
             bad.append(f"{location}: {exc}")
     if bad and on_bad == "error":
@@ -148,13 +207,15 @@ def _listed(bad: Sequence[str]) -> str:
     return "; ".join(bad[:SHOWN_BAD_RECORDS]) + more
 
 
-def _load_file(path: Path, spec: DatasetSpec, on_bad: str) -> Loaded:
-    loaded = _examples(_raw_records(path), spec, str(path), convert=path.suffix == ".jsonl", on_bad=on_bad)
+def _load_file(path: Path, spec: DatasetSpec, on_bad: str, kind: str) -> Loaded:
+    """A local file; one of the original release's (any other is in the LLM-Adapters format) is converted."""
+    convert = path.name in (*spec.official_test_files, *spec.official_train_files)
+    loaded = _examples(_raw_records(path), spec, str(path), convert=convert, on_bad=on_bad, kind=kind)
     loaded.files.append(path)
     return loaded
 
 
-def _load_hub(spec: DatasetSpec, split: str, on_bad: str) -> Loaded:
+def _load_hub(spec: DatasetSpec, split: str, on_bad: str, kind: str) -> Loaded:
     """The split at the commit its revision names (``--hub_revisions`` pins another); the commit is recorded."""
     from datasets import load_dataset
 
@@ -167,7 +228,8 @@ def _load_hub(spec: DatasetSpec, split: str, on_bad: str) -> Loaded:
     except Exception as exc:  # datasets raises many types for missing / unreachable data  # noqa: BLE001
         raise UserError(f"{origin}: {_load_failure(exc, source.path, split)}") from None
     convert = spec.schema is not None  # Commonsense-170K's file is already in the LLM-Adapters format
-    loaded = _examples(((f"row {i}", dict(row)) for i, row in enumerate(rows)), spec, origin, convert, on_bad)
+    rows_with_place = ((f"row {i}", dict(row)) for i, row in enumerate(rows))
+    loaded = _examples(rows_with_place, spec, origin, convert, on_bad, kind)
     loaded.revisions[source.path] = commit
     return loaded
 
@@ -188,14 +250,14 @@ def _load(spec: DatasetSpec, data_dir: str, kind: str, on_bad: str) -> Loaded:
     roots = data_roots(data_dir)
     path = _local_file(roots, spec, kind)
     if path is not None:
-        return _load_file(path, spec, on_bad)
+        return _load_file(path, spec, on_bad, kind)
     local, official = _file_names(spec, kind)
     looked = f"looked for {spec.folder}/{{{', '.join((*local, *official))}}} under {data_dir}"
     split = getattr(spec.hub, f"{kind}_split", None) if spec.hub else None
     if split is None:
         raise UserError(f"no {kind} data for {spec.name}: {looked}")
     try:
-        return _load_hub(spec, split, on_bad)
+        return _load_hub(spec, split, on_bad, kind)
     except UserError as exc:
         raise UserError(f"no {kind} data for {spec.name}: {looked}; {exc}") from None
 
@@ -218,7 +280,7 @@ def load_train_examples(name: str, data_dir: str, on_bad: str = "skip") -> Loade
     roots = data_roots(data_dir)
     path = _find(roots, spec, spec.train_files)
     if path is not None:
-        return _load_file(path, spec, on_bad)
+        return _load_file(path, spec, on_bad, "train")
     # Local parts first; only when none is local is the hub asked (offline, it would retry for each part).
     local = [name for name in spec.union_of if _local_file(roots, get_dataset(name), "train")]
     parts: list[Loaded] = []

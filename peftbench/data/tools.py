@@ -11,7 +11,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from peftbench.data.prompts import token_lengths, truncation
-from peftbench.data.protocols import HIRA, PROTOCOLS, Protocol
+from peftbench.data.protocols import DEFAULT_MAX_LENGTH, HIRA, PROTOCOLS, TASK_PROTOCOLS, Protocol
 from peftbench.data.registry import COMMON_170K, get_dataset
 from peftbench.data.sources import Loaded, load_test_examples, load_train_examples
 from peftbench.errors import UserError
@@ -53,13 +53,15 @@ def truncation_counts(lengths: list[tuple[int, int]], protocol: Protocol, max_le
     return sum(cut for cut, _ in counts), sum(lost for _, lost in counts)
 
 
-def stats_rows(names: list[str], data_dir: str, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[list[str]]:
+def stats_rows(
+    names: list[str], data_dir: str, tokenizer: PreTrainedTokenizerBase, max_length: int | None
+) -> list[list[str]]:
     """Per dataset and split: examples, bad records, label balance, token lengths (hira's prompt + answer) and,
     per protocol, the examples cut at max_length and those whose answer is cut away (they would train nothing;
     always 0 under hira). A split that cannot be read is a row too, with the reason, never left out."""
     header = ["dataset", "split", "examples", "bad records", "labels", "tokens p50/p90/p99/max"]
     for name in PROTOCOLS:
-        header += [f"{name}: cut at {max_length}", f"{name}: answer lost"]
+        header += [f"{name}: cut at {max_length or 'its max_length'}", f"{name}: answer lost"]
     rows = [header]
     for name in names:
         for split, load in (("test", load_test_examples), ("train", load_train_examples)):
@@ -72,12 +74,22 @@ def stats_rows(names: list[str], data_dir: str, tokenizer: PreTrainedTokenizerBa
             if not examples:
                 rows.append([name, split, "0", str(loaded.skipped)] + [""] * (len(header) - 4))
                 continue
-            counts = Counter(e["answer"] for e in examples)
-            balance = " ".join(f"{k}:{100 * v / len(examples):.0f}%" for k, v in sorted(counts.items()))
-            lengths = {key: token_lengths(examples, tokenizer, p) for key, p in PROTOCOLS.items()}
+            task = get_dataset(name).task
+            variants = {key: TASK_PROTOCOLS.get((key, task)) for key in PROTOCOLS}
+            lengths = {key: token_lengths(examples, tokenizer, p) for key, p in variants.items() if p is not None}
             totals = [p + a for p, a in lengths[HIRA.name]]
-            row = [name, split, str(len(examples)), str(loaded.skipped), balance, _percentiles(totals)]
-            for protocol in PROTOCOLS.values():
-                row += [str(count) for count in truncation_counts(lengths[protocol.name], protocol, max_length)]
+            row = [name, split, str(len(examples)), str(loaded.skipped), _balance(examples), _percentiles(totals)]
+            for key, protocol in variants.items():
+                limit = max_length or protocol.run_defaults.get("max_length", DEFAULT_MAX_LENGTH) if protocol else 0
+                cut = truncation_counts(lengths[key], protocol, limit) if protocol else ("-", "-")
+                row += [str(count) for count in cut]
             rows.append(row)
     return rows
+
+
+def _balance(examples: list[dict[str, str]]) -> str:
+    """The share of each answer where answers are few (keywords, letters); the count of distinct ones otherwise."""
+    counts = Counter(e["answer"] for e in examples)
+    if len(counts) > 10:
+        return f"{len(counts)} distinct answers"
+    return " ".join(f"{k}:{100 * v / len(examples):.0f}%" for k, v in sorted(counts.items()))

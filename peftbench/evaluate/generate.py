@@ -11,7 +11,8 @@ Two things make it fast on any device:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -46,11 +47,13 @@ def generate_responses(
     max_new_tokens: int,
     shared_prefill: bool = True,
     progress: Callable[[int], None] | None = None,
+    generation: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The text each prompt's (token ids) continuation decodes to, in prompt order.
 
     Left padding and the attention mask keep every prompt's tokens where they would be alone, so the
-    result does not depend on the batch size (tested). ``progress`` is told each batch's prompts as it ends.
+    result does not depend on the batch size (tested). ``progress`` is told each batch's prompts as it ends;
+    ``generation`` holds a protocol's further ``generate`` settings (ConvAI2's length penalty and n-gram block).
     """
     if inserts_virtual_tokens(model):
         # Left padding would sit between the virtual tokens and the prompt and change the answer (tested), and the
@@ -71,6 +74,7 @@ def generate_responses(
             do_sample=False,
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
+            **dict(generation or {}),
             **extra,
         )
         if progress is not None:

@@ -24,14 +24,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from peftbench import hub
 from peftbench.config import ZERO_SHOT, EvalConfig
 from peftbench.data.prompts import build_prompt, eval_prompt_ids, prompt_version
-from peftbench.data.protocols import DEFAULT_PROTOCOL, get_protocol
+from peftbench.data.protocols import DEFAULT_PROTOCOL, Protocol, get_protocol
 from peftbench.data.registry import DatasetSpec, get_dataset, resolve_names
 from peftbench.data.sources import Example, load_test_examples
 from peftbench.errors import UserError
-from peftbench.evaluate.extract import extract_answer
 from peftbench.evaluate.generate import generate_responses
 from peftbench.evaluate.loglik import score_questions
 from peftbench.evaluate.progress import Progress
+from peftbench.evaluate.scoring import CORPUS_SCORERS, accuracy_summary, answer_scorer, dialogue_summary, scorer_name
 from peftbench.methods import get_method
 from peftbench.models.load import load_base_model, load_tokenizer, model_fingerprint, resolve_model_path
 from peftbench.models.precision import Precision, choose_precision
@@ -118,12 +118,6 @@ def evaluate(config: EvalConfig) -> list[dict[str, Any]]:
     if config.protocol != loaded.trained_protocol:
         logger.warning("evaluating under --protocol %s a model trained under %s", config.protocol,
                        loaded.trained_protocol)  # fmt: skip
-    protocol = get_protocol(config.protocol)
-    loaded.description |= {
-        "protocol": protocol.name,
-        "protocol_settings": protocol.settings(),
-        "prompt_template": prompt_version(protocol),
-    }
     records = []
     for name in names:
         try:
@@ -138,24 +132,25 @@ def evaluate(config: EvalConfig) -> list[dict[str, Any]]:
 
 
 def _generate(
-    loaded: EvalModel, spec: DatasetSpec, examples: list[Example], prompts: list[str], config: EvalConfig
-) -> list[dict]:
-    prompt_ids = eval_prompt_ids(loaded.tokenizer, prompts, get_protocol(config.protocol))
+    loaded: EvalModel, spec: DatasetSpec, protocol: Protocol, examples: list[Example], prompts: list[str],
+    config: EvalConfig,
+) -> list[dict]:  # fmt: skip
+    prompt_ids = eval_prompt_ids(loaded.tokenizer, prompts, protocol)
     progress = Progress(len(prompts), f"generate {spec.name}")
     try:
         responses = generate_responses(
             loaded.model, loaded.tokenizer, prompt_ids, config.batch, config.beam_size, config.max_new_tokens,
-            progress=progress.update,
+            progress=progress.update, generation=protocol.generation,
         )  # fmt: skip
     finally:
         progress.close()
-    return [{"generated": text, "predicted": extract_answer(text, spec.keywords)} for text in responses]
+    return [{"generated": text} for text in responses]
 
 
 def _loglik(
-    loaded: EvalModel, spec: DatasetSpec, examples: list[Example], prompts: list[str], config: EvalConfig
-) -> list[dict]:
-    protocol = get_protocol(config.protocol)
+    loaded: EvalModel, spec: DatasetSpec, protocol: Protocol, examples: list[Example], prompts: list[str],
+    config: EvalConfig,
+) -> list[dict]:  # fmt: skip
     progress = Progress(len(examples), f"loglik {spec.name}")
     scored = score_questions(
         loaded.model, loaded.tokenizer, examples, prompts, spec, protocol, config.batch, progress.update
@@ -184,6 +179,9 @@ SCORERS = {"generate": (_generate, ""), "loglik": (_loglik, "_loglik")}
 MODEL_IDENTITY = ("ckpt", "model_name", "peft_type", "model_fingerprint", "base_fingerprint", "prompt_template",
                   "precision", "autocast")  # fmt: skip
 DECODING_SETTINGS = ("eval_mode", "beam_size", "max_new_tokens", "load_bit", "protocol")
+DIALOGUE_SETTINGS = ("bert_score_model", "bert_score_layers")  # a metric not computed before may be now
+# What a result written before tasks existed was, where it does not say: commonsense, scored by keyword.
+IDENTITY_BEFORE_TASKS = {"scorer": "keyword"}
 SAMPLE_SETTINGS = ("max_eval_samples", "seed")
 
 
@@ -213,12 +211,12 @@ def finished_result(
     if config.overwrite:
         return None
     saved_config = record.get("eval_config", {})
-    changed = [k for k, v in identity.items() if record.get(k) != v]
+    changed = [k for k, v in identity.items() if record.get(k, IDENTITY_BEFORE_TASKS.get(k)) != v]
     changed += [k for k in (*DECODING_SETTINGS, *SAMPLE_SETTINGS) if saved_config.get(k) != getattr(config, k)]
+    if record.get("task") == "dialogue":
+        changed += [k for k in DIALOGUE_SETTINGS if saved_config.get(k) != getattr(config, k)]
     if not changed:
-        logger.info(
-            "skipping %s: already evaluated (accuracy %.4f); --overwrite redoes it", result_path, record["accuracy"]
-        )
+        logger.info("skipping %s: already evaluated (%s); --overwrite redoes it", result_path, headline(record))
         return record
     if set(changed) <= set(SAMPLE_SETTINGS) and record["total"] > sample_size:
         raise UserError(
@@ -247,6 +245,14 @@ def _log_to_tracker(ckpt: Path, record: dict[str, Any]) -> None:
 
 def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[str, Any]:
     spec = get_dataset(name)
+    protocol = get_protocol(config.protocol, spec.task)
+    config = config.with_decoding(protocol)
+    scorer = scorer_name(spec, protocol, config.eval_mode)
+    description = loaded.description | {
+        "protocol": protocol.name,
+        "protocol_settings": protocol.settings(),
+        "prompt_template": prompt_version(protocol),
+    }
     loaded_data = load_test_examples(name, config.data_dir, config.on_bad_record)
     examples = loaded_data.examples
     if not examples:
@@ -257,9 +263,10 @@ def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[s
     sample = sample_indices(len(examples), config.max_eval_samples, config.seed)
     # The hub commits the examples came from (None for local files, as in results written before they counted).
     data_revisions = dict(loaded_data.revisions) or None
-    identity = {k: loaded.description[k] for k in MODEL_IDENTITY} | {
+    identity = {k: description[k] for k in MODEL_IDENTITY} | {
         "data_sha256": data_sha256,
         "data_revisions": data_revisions,
+        "scorer": scorer,
     }
     if (done := finished_result(result_path, identity, len(sample), config)) is not None:
         return done
@@ -267,40 +274,34 @@ def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[s
     # This process's shard of the fixed sample; the shards are merged by example index below.
     indices = sample[processes.process_index :: processes.num_processes]
     chosen = [examples[i] for i in indices]
-    prompts = [build_prompt(example, get_protocol(config.protocol)) for example in chosen]
+    prompts = [build_prompt(example, protocol) for example in chosen]
 
     start = time.perf_counter()
     device = processes.device.type
     with torch.autocast(device, dtype=loaded.autocast or torch.float32, enabled=loaded.autocast is not None):
-        rows = predict(loaded, spec, chosen, prompts, config)
-    predictions = [
-        {
-            "index": index,
-            "prompt": prompt,
-            **row,
-            "answer": example["answer"],
-            "correct": row["predicted"] == example["answer"],
-        }  # fmt: skip
-        for index, example, prompt, row in zip(indices, chosen, prompts, rows, strict=True)
-    ]
+        rows = predict(loaded, spec, protocol, chosen, prompts, config)
+    predictions = _judged(scorer, spec, indices, chosen, prompts, rows)
     if processes.num_processes > 1:
         predictions = sorted(gather_object(predictions), key=lambda p: p["index"])
     wall_time = time.perf_counter() - start
-    correct = sum(p["correct"] for p in predictions)
+    if scorer in CORPUS_SCORERS:
+        bert_model = None if config.bert_score_model == "none" else config.bert_score_model
+        summary = dialogue_summary(predictions, dict(enumerate(examples)), bert_model, config.bert_score_layers)
+    else:
+        summary = accuracy_summary(predictions)
     record = {
         "dataset": spec.name,
         "dataset_version": spec.version,
+        "task": spec.task,
+        "scorer": scorer,
         "data_source": ", ".join(loaded_data.origins),
         "skipped_bad_records": loaded_data.skipped,
         "data_sha256": data_sha256,
         "data_revisions": data_revisions,
-        **loaded.description,
+        **description,
         "mode": config.eval_mode,
         "predictions_file": f"predictions_{spec.name}{suffix}.json",
-        "accuracy": correct / len(predictions),
-        "correct": correct,
-        "total": len(predictions),
-        "no_answer": sum(not p["predicted"] for p in predictions),
+        **summary,
         "dataset_size": len(examples),
         "eval_config": asdict(config),
         "wall_time_s": round(wall_time, 2),
@@ -308,8 +309,6 @@ def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[s
         "processes": processes.num_processes,
         "environment": environment_record(),
     }
-    if all("predicted_norm" in p for p in predictions):
-        record["accuracy_norm"] = sum(p["predicted_norm"] == p["answer"] for p in predictions) / len(predictions)
     out = loaded.output_dir
     if processes.is_main_process:
         write_atomic(out / record["predictions_file"], json.dumps(predictions, indent=1))
@@ -317,8 +316,34 @@ def evaluate_dataset(loaded: EvalModel, name: str, config: EvalConfig) -> dict[s
         if config.report_to != "none" and config.ckpt is not None:
             _log_to_tracker(Path(record["ckpt"]), record)
     processes.wait_for_everyone()
-    logger.info(
-        "%s (%s): accuracy %.4f (%d/%d) -> %s", spec.name, config.eval_mode, record["accuracy"], correct,
-        len(predictions), out,
-    )  # fmt: skip
+    logger.info("%s (%s): %s -> %s", spec.name, config.eval_mode, headline(record), out)
     return record
+
+
+def headline(record: dict[str, Any]) -> str:
+    """The result in a few words: accuracy and counts, or the task's metrics."""
+    if "accuracy" in record:
+        return f"accuracy {record['accuracy']:.4f} ({record['correct']}/{record['total']})"
+    shown = [f"{key} {record[key]:.4f}" for key in record.get("metrics", [])]
+    missing = [f"{key} not computed ({why})" for key, why in record.get("not_computed", {}).items()]
+    return ", ".join(shown + missing) + f" (n={record['total']})"
+
+
+def _judged(
+    scorer: str, spec: DatasetSpec, indices: list[int], examples: list[Example], prompts: list[str], rows: list[dict]
+) -> list[dict[str, Any]]:
+    """Prediction rows: index, prompt, what the model produced, the extracted answer, the gold answer and the
+    verdict. Log-likelihood rows come with their choice; a corpus scorer judges all rows together, later."""
+    judge = None if scorer in CORPUS_SCORERS else answer_scorer(spec, scorer)
+    predictions = []
+    for index, example, prompt, row in zip(indices, examples, prompts, rows, strict=True):
+        prediction = {"index": index, "prompt": prompt, **row}
+        if judge is None:
+            predictions.append(prediction | {"answer": example["answer"]})
+            continue
+        if "predicted" in row:
+            correct = row["predicted"] == example["answer"]
+        else:
+            prediction["predicted"], correct = judge(row["generated"], example)
+        predictions.append(prediction | {"answer": example["answer"], "correct": correct})
+    return predictions

@@ -1,8 +1,9 @@
-"""``peftbench analyze``: the files of an analysis, written from the table that ``analyze`` builds.
+"""``peftbench analyze``: the files of an analysis, written from the tables that ``analyze`` builds, one per task.
 
 Writes to the output folder: accuracy.csv and accuracy.md (method x dataset + average), stats.json (per cell:
 accuracy, 95% bootstrap CI, n; paired McNemar tests against LoRA), accuracy.png, loss_curves.png, report.md,
-which embeds them, and report.html, the interactive page (``report/html.py``).
+which embeds them, and report.html, the interactive page (``report/html.py``). Math results get the same files
+with '_math'; dialogue results dialogue.csv and dialogue.md (each metric with its interval over dialogues).
 """
 
 from __future__ import annotations
@@ -13,9 +14,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from peftbench.analyze.metrics import MetricTable, metric_table
 from peftbench.analyze.stats import PairedTest, holm
-from peftbench.analyze.table import REFERENCE_METHOD, SIGNIFICANCE, AccuracyTable, accuracy_table, collect_results
-from peftbench.report.html import page_from_table, write_page
+from peftbench.analyze.table import (
+    REFERENCE_METHOD,
+    SIGNIFICANCE,
+    AccuracyTable,
+    accuracy_table,
+    by_task,
+    collect_results,
+)
+from peftbench.errors import UserError
+from peftbench.evaluate.dialogue_metrics import TABLE2_AVERAGE, TABLE2_METRICS
+from peftbench.report.html import page_from_metric_table, page_from_table, write_page
 from peftbench.report.markdown import to_csv, to_markdown
 from peftbench.report.plots import CellStats, accuracy_bars, loss_curves
 
@@ -44,18 +55,19 @@ def _superseded_markdown(table: AccuracyTable) -> list[str]:
     return lines
 
 
-def write_report(table: AccuracyTable, out_dir: Path, mode: str) -> Path:
-    """report.md with the table (95% CIs), paired tests and plots; stats.json with the same numbers."""
+def write_report(table: AccuracyTable, out_dir: Path, mode: str, suffix: str = "") -> list[str]:
+    """The report's section of an accuracy table (95% CIs, paired tests, plots); stats{suffix}.json with the same
+    numbers and accuracy{suffix}.png, loss_curves{suffix}.png beside it."""
     stats = _cell_stats(table)
-    bars = accuracy_bars(stats, table.methods, [*table.datasets, "avg"], out_dir / "accuracy.png")
-    curves = loss_curves(table.loss_histories(), out_dir / "loss_curves.png")
+    bars = accuracy_bars(stats, table.methods, [*table.datasets, "avg"], out_dir / f"accuracy{suffix}.png")
+    curves = loss_curves(table.loss_histories(), out_dir / f"loss_curves{suffix}.png")
     tests = table.paired_tests()
     adjusted = holm([t.p_value for t in tests.values()])
-    (out_dir / "stats.json").write_text(json.dumps(_stats_record(table, mode, stats, tests, adjusted), indent=1))
-    report = [
-        "# peftbench results",
-        f"\nEvaluation mode: `{mode}`. Generated {time.strftime('%Y-%m-%d %H:%M')}. Accuracy in %, with 95% "
-        "percentile-bootstrap confidence intervals (2000 resamples; the average resamples each dataset).\n",
+    stats_file = out_dir / f"stats{suffix}.json"
+    stats_file.write_text(json.dumps(_stats_record(table, mode, stats, tests, adjusted), indent=1))
+    section = [
+        "\nAccuracy in %, with 95% percentile-bootstrap confidence intervals (2000 resamples; the average "
+        "resamples each dataset).\n",
         to_markdown(table.rows_with_ci()),
         f"\n## Paired tests against {REFERENCE_METHOD}\n",
         "Exact McNemar tests on the examples both methods were scored on; p (Holm) adjusts for testing every "
@@ -67,10 +79,35 @@ def write_report(table: AccuracyTable, out_dir: Path, mode: str) -> Path:
         f"![accuracy]({bars.name})\n",
     ]
     if curves is not None:
-        report.append(f"\n![loss curves]({curves.name})\n")
-    path = out_dir / "report.md"
-    path.write_text("\n".join(report), encoding="utf-8")
-    return path
+        section.append(f"\n![loss curves]({curves.name})\n")
+    return section
+
+
+def _metric_section(table: MetricTable, out_dir: Path) -> tuple[str, list[str]]:
+    """(the Markdown table, the report's section) of a corpus-metric task; {task}.csv and .md beside them."""
+    rows = table.rows()
+    (out_dir / f"{table.task}.csv").write_text(to_csv(rows), encoding="utf-8")
+    markdown = to_markdown(rows)
+    (out_dir / f"{table.task}.md").write_text(markdown, encoding="utf-8")
+    reasons = table.not_computed()
+    tests = table.paired_tests()
+    adjusted = dict(zip(tests, holm(list(tests.values())), strict=True))
+    rows = [["method", "dataset", "metric", "p (paired bootstrap)", "p (Holm)"]]
+    rows += [[m, d, metric, f"{p:.3g}", f"{adjusted[(m, d, metric)]:.3g}"] for (m, d, metric), p in tests.items()]
+    significant = [f"{m} {metric}" for (m, _, metric), p in adjusted.items() if p < SIGNIFICANCE]
+    section = [
+        "\nEach metric in %, with its 95% percentile-bootstrap interval over test dialogues (1000 resamples of "
+        f"whole dialogues); {TABLE2_AVERAGE}: the mean of the HiRA paper's Table 2 metrics "
+        f"({', '.join(TABLE2_METRICS)}), its 'Average'.\n",
+        markdown,
+        *(["\nNot computed:\n", *(f"- {line}" for line in reasons)] if reasons else []),
+        f"\n### Paired tests against {REFERENCE_METHOD}\n",
+        "Paired bootstrap over the same test dialogues (1000 resamples; Dist: jackknife), on metrics rescored from "
+        "the predictions files (BERTScore and avg6 are not tested); p (Holm) adjusts over every test.\n",
+        to_markdown(rows) if tests else f"(none: needs one {REFERENCE_METHOD} row and another on the same replies)",
+        f"\nSignificant at p < {SIGNIFICANCE} after Holm's correction: {', '.join(significant) or 'none'}.\n",
+    ]
+    return markdown, section
 
 
 def _cell_stats(table: AccuracyTable) -> CellStats:
@@ -117,13 +154,35 @@ def _verdict(tests: dict[tuple[str, str], PairedTest], adjusted: list[float]) ->
 
 
 def analyze(folders: list[Path], out_dir: Path, mode: str = "generate") -> str:
-    """Write the tables, statistics, plots and report to out_dir; return the Markdown accuracy table."""
-    table = accuracy_table(collect_results(folders, mode))
-    rows = table.rows()
+    """Write each task's tables, statistics, plots and page and one report to out_dir; return the Markdown tables.
+
+    Each task gets its own table (commonsense: accuracy.csv/.md, stats.json, report.html, as always; math: the
+    same names with _math; dialogue: dialogue.csv/.md): an average never mixes tasks or kinds of metric."""
+    tasks = by_task(collect_results(folders, mode))
+    if not tasks:
+        raise UserError("no evaluation results (output_*_eval.jsonl) found in the given folders")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "accuracy.csv").write_text(to_csv(rows), encoding="utf-8")
-    markdown = to_markdown(rows)
-    (out_dir / "accuracy.md").write_text(markdown, encoding="utf-8")
-    write_report(table, out_dir, mode)
-    write_page(page_from_table(table, mode, f"peftbench results ({mode})"), out_dir / "report.html")
-    return markdown
+    report = ["# peftbench results", f"\nEvaluation mode: `{mode}`. Generated {time.strftime('%Y-%m-%d %H:%M')}.\n"]
+    tables = []
+    for task, records in tasks.items():
+        suffix = "" if task == "commonsense" else f"_{task}"
+        heading = [f"\n## {task.capitalize()}\n"] if len(tasks) > 1 else []
+        if any("accuracy" in record for record in records):
+            table = accuracy_table(records)
+            rows = table.rows()
+            (out_dir / f"accuracy{suffix}.csv").write_text(to_csv(rows), encoding="utf-8")
+            markdown = to_markdown(rows)
+            (out_dir / f"accuracy{suffix}.md").write_text(markdown, encoding="utf-8")
+            report += heading + write_report(table, out_dir, mode, suffix)
+            page = page_from_table(table, mode, f"peftbench results ({task}, {mode})" if suffix else
+                                   f"peftbench results ({mode})")  # fmt: skip
+            write_page(page, out_dir / f"report{suffix}.html")
+        else:
+            metrics = metric_table(records)
+            markdown, section = _metric_section(metrics, out_dir)
+            report += heading + section
+            page = page_from_metric_table(metrics, mode, f"peftbench results ({task}, {mode})")
+            write_page(page, out_dir / f"report{suffix}.html")
+        tables.append(f"{task}:\n{markdown}" if len(tasks) > 1 else markdown)
+    (out_dir / "report.md").write_text("\n".join(report), encoding="utf-8")
+    return "\n\n".join(tables)

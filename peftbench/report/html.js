@@ -14,6 +14,10 @@ function esc(text) {  // names, labels and sources go into markup as text
   return String(text).replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
 function percent(value) { return value === null || value === undefined ? "–" : (100 * value).toFixed(1); }
+// A cell's 95% interval, or nothing where it has none.
+function interval(row) {
+  return row.shown.low === undefined ? "" : `<span class="ci">[${row.shown.low}, ${row.shown.high}]</span> `;
+}
 function selected(row) {
   return row.model === state.model && row.protocol === state.protocol && row.mode === state.mode;
 }
@@ -69,8 +73,8 @@ function renderTable() {
       const p = row.p_holm === null ? "" : `<span class="p">p<sub>Holm</sub> ${row.p_holm.toPrecision(2)}</span>`;
       const seeds = row.seeds.length > 1 ? `<span class="p">${row.seeds.length} seeds ± ${percent(row.std)}</span>` : "";
       html += `<td class="cell${marked}" data-benchmark="${esc(benchmark)}" data-accuracy="${row.accuracy}" ` +
-        `title="n = ${row.n ?? "–"}">${row.shown.accuracy} <span class="ci">[${row.shown.low}, ` +
-        `${row.shown.high}]</span> <span class="n">n ${row.n ?? "–"}</span>${p}${seeds}</td>`;
+        `title="n = ${row.n ?? "–"}">${row.shown.accuracy} ${interval(row)}` +
+        `<span class="n">n ${row.n ?? "–"}</span>${p}${seeds}</td>`;
     }
     const c = cost(method);
     html += Object.keys(AXES).map(k => `<td>${c[k] === undefined || c[k] === null ? "–" : c[k].toLocaleString()}</td>`).join("");
@@ -149,7 +153,7 @@ function renderPublished() {
   for (const r of rows) {
     html += `<tr class="published-row"><td>${esc(r.method)}</td><td title="${esc(r.source)}">${esc(r.label)}</td>` +
       `<td>${esc(r.benchmark)}</td>` +
-      `<td>${r.published.toFixed(2)}</td><td>${r.shown.ours} [${r.shown.low}, ${r.shown.high}]</td>` +
+      `<td>${r.published.toFixed(2)}</td><td>${r.shown.ours} ${interval(r)}</td>` +
       `<td>${(100 * r.ours - r.published).toFixed(1)}</td><td>${r.inside ? "yes" : "no"}</td></tr>`;
   }
   document.getElementById("published").innerHTML = html + "</tbody>";

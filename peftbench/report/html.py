@@ -21,10 +21,12 @@ from typing import Any
 
 from scipy import stats as scipy_stats
 
+from peftbench.analyze.metrics import MetricTable
 from peftbench.analyze.stats import holm
-from peftbench.analyze.table import REFERENCE_METHOD, AccuracyTable, Cell
+from peftbench.analyze.table import REFERENCE_METHOD, AccuracyTable, Cell, task_of
 from peftbench.errors import UserError
-from peftbench.published import BENCHMARKS, PublishedRow, matching_rows, published_rows
+from peftbench.evaluate.dialogue_metrics import TABLE2_AVERAGE, TABLE2_METRICS
+from peftbench.published import PublishedRow, matching_rows, published_rows
 from peftbench.runs.records import find_run_record, read_records
 
 SCRIPT = Path(__file__).with_name("html.js")
@@ -46,7 +48,8 @@ def write_page(page: dict[str, Any], path: Path) -> Path:
     from plotly.offline import get_plotlyjs
 
     for row in (*page["rows"], *page["published"]):  # rounded as the Markdown pages round (half to even)
-        row["shown"] = {key: f"{100 * row[key]:.1f}" for key in ("accuracy", "low", "high", "ours") if key in row}
+        shown = ("accuracy", "low", "high", "ours")
+        row["shown"] = {key: f"{100 * row[key]:.1f}" for key in shown if row.get(key) is not None}
 
     data = json.dumps(page).replace("<", "\\u003c")  # no "</script>" or "<!--" inside the script
     document = f"""<!DOCTYPE html>
@@ -63,7 +66,8 @@ def write_page(page: dict[str, Any], path: Path) -> Path:
 <label>protocol <select id="protocol"></select></label>
 <label>evaluation <select id="mode"></select></label>
 </div>
-<h2>Accuracy (%), 95% interval, n, and the paired test against {html.escape(page["reference"])}</h2>
+<h2>{html.escape(page.get("measure", "Accuracy"))} (%), 95% interval, n, and the paired test against
+{html.escape(page["reference"])}</h2>
 <p class="note">Click a column to sort. Highlighted: different from {html.escape(page["reference"])} at
 p &lt; 0.05 after Holm's correction over every method and benchmark. {html.escape(page["interval"])}</p>
 <table id="accuracy"></table>
@@ -99,7 +103,7 @@ def page_from_table(table: AccuracyTable, mode: str, title: str) -> dict[str, An
         if run.get("cost"):
             costs.append({"model": model, "protocol": protocol, "method": method, **run["cost"]})
         if mode == "generate":
-            matches = matching_rows(model, record["peft_type"], run.get("rank"))
+            matches = matching_rows(model, record["peft_type"], run.get("rank"), task=task_of(record))
             published += _published(model, protocol, method, matches, [r for r in rows if r["method"] == method])
     interval = "Intervals: percentile bootstrap over the questions (2000 resamples)."
     return {"title": title, "note": f"Evaluation mode {mode}.", "reference": REFERENCE_METHOD, "interval": interval,
@@ -134,17 +138,44 @@ def _published(model: str, protocol: str, method: str, matches: list[PublishedRo
     by_benchmark = {row["benchmark"]: row for row in ours}
     for match in matches:
         theirs = {**match.scores, "avg": match.average}
-        for benchmark in (*BENCHMARKS, "avg"):
-            row = by_benchmark.get(benchmark)
-            if row is None or (benchmark == "avg" and set(by_benchmark) - {"avg"} != set(BENCHMARKS)):
-                continue  # an average over other benchmarks than theirs is not theirs
-            value = theirs[benchmark]
+        for benchmark in (*match.scores, "avg"):
+            row, value = by_benchmark.get(benchmark), theirs[benchmark]
+            # Our average: of our columns (commonsense, math), or of Table 2's six metrics (dialogue: avg6).
+            averaged = set(TABLE2_METRICS) if match.task == "dialogue" else set(by_benchmark) - {"avg"}
+            other_average = benchmark == "avg" and averaged != set(match.scores)
+            if row is None or value is None or other_average:
+                continue  # an average over other benchmarks (or metrics) than theirs is not theirs
             entries.append({"model": model, "protocol": protocol, "mode": "generate", "method": method,
                             "benchmark": benchmark, "published": value, "label": match.label,
                             "source": f"{match.source.where}. {match.caveat}".strip(), "ours": row["accuracy"],
                             "low": row["low"], "high": row["high"],
-                            "inside": row["low"] <= value / 100 <= row["high"]})  # fmt: skip
+                            "inside": row["low"] is not None and row["low"] <= value / 100 <= row["high"]})  # fmt: skip
     return entries
+
+
+def page_from_metric_table(table: MetricTable, mode: str, title: str) -> dict[str, Any]:
+    """The page of a corpus-metric task (dialogue): each metric a column with its interval over test dialogues,
+    'avg' the HiRA paper's Table 2 average; no paired tests; the published rows of the same model, method and rank."""
+    rows, published = [], []
+    for method in table.methods:
+        ours = []
+        for (row, dataset, metric), cell in table.cells.items():
+            if row != method or cell.value is None:
+                continue
+            record = table.records[(row, dataset)]
+            column = "avg" if metric == TABLE2_AVERAGE else table.column_name(dataset, metric)
+            ours.append({"model": record["model_name"], "protocol": record.get("protocol", ""), "mode": mode,
+                         "method": method, "benchmark": column, "accuracy": cell.value, "low": cell.low,
+                         "high": cell.high, "n": record["total"], "p_holm": None, "seeds": [cell.value],
+                         "std": 0.0})  # fmt: skip
+        rows += ours
+        record = next(r for (m, _), r in table.records.items() if m == method)
+        run = _run(record.get("ckpt"))
+        matches = matching_rows(record["model_name"], record["peft_type"], run.get("rank"), task=table.task)
+        published += _published(record["model_name"], record.get("protocol", ""), method, matches, ours)
+    interval = "Intervals: percentile bootstrap over whole test dialogues (1000 resamples); Dist: jackknife."
+    return {"title": title, "note": f"Evaluation mode {mode}.", "reference": "-", "interval": interval,
+            "rows": rows, "costs": [], "published": published, "measure": "Each metric"}  # fmt: skip
 
 
 # ---- from a study's summary.json (peftbench reproduce) ----------------------------------------------------------
@@ -185,8 +216,9 @@ def page_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
                 "largest over the seeds.")  # fmt: skip
     where = f"{summary['date']}, {summary['environment']['device']}"
     note = f"Study {summary['preset']}: {summary['description']}. {where}. Written by {summary['command']}."
+    measure = "Each metric" if any(e.get("task") == "dialogue" for e in summary["evaluations"]) else "Accuracy"
     return {"title": f"Study {summary['preset']}", "note": note, "reference": REFERENCE_METHOD, "interval": interval,
-            "rows": rows, "costs": costs, "published": published_entries}  # fmt: skip
+            "rows": rows, "costs": costs, "published": published_entries, "measure": measure}  # fmt: skip
 
 
 def _interval(cell: dict[str, Any]) -> tuple[float, float]:

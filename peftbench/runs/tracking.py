@@ -47,20 +47,24 @@ def wandb_run_id(run_dir: Path) -> str:
 
 
 def log_evaluation(tracking: dict[str, Any], step: int, record: dict[str, Any]) -> None:
-    """Adds an evaluation result's accuracy to its training run's tracker run (as the run recorded it)."""
+    """Adds an evaluation result's figures (accuracy, or a dialogue's metrics) to its training run's tracker run (as
+    the run recorded it)."""
     name = tracking.get("report_to", "none")
     key = f"eval_{record['mode']}/{record['dataset']}"
+    values = {key if metric == "accuracy" else f"{key}/{metric}": record[metric]
+              for metric in record.get("metrics", ["accuracy"])}  # fmt: skip
     if name == "tensorboard":
         from torch.utils.tensorboard import SummaryWriter
 
         with SummaryWriter(log_dir=tracking["tensorboard_dir"]) as writer:
-            writer.add_scalar(key, record["accuracy"], step)
+            for tag, value in values.items():
+                writer.add_scalar(tag, value, step)
     elif name == "wandb":
         import wandb
 
         where = {key: tracking[key] for key in ("project", "entity") if key in tracking}  # the training run's
         run = wandb.init(id=tracking["wandb_run_id"], resume="allow", **where)
-        run.log({key: record["accuracy"], "train/global_step": step})
+        run.log({**values, "train/global_step": step})
         run.finish()
     elif name != "none":
         logger.warning("evaluations are not logged to %s (only tensorboard and wandb runs are resumed)", name)

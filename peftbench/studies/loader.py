@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from peftbench.config import EVAL_MODES, EvalConfig, RunConfig
-from peftbench.data.registry import resolve_names
+from peftbench.data.registry import get_dataset, resolve_names
 from peftbench.errors import UserError
 from peftbench.hub import parse_pins
 from peftbench.methods import METHODS
@@ -55,7 +55,14 @@ def shipped_studies() -> list[str]:
 
 def load_study(name_or_path: str) -> StudyDesign:
     """A shipped study by name, or a study file by path."""
+    path = _study_path(name_or_path)
+    return _Reader(path).design(_content(path, ()))
+
+
+def _study_path(name_or_path: str, relative_to: Path | None = None) -> Path:
     path = Path(name_or_path)
+    if relative_to is not None and not path.is_absolute() and (relative_to.parent / path).is_file():
+        return relative_to.parent / path
     if not path.suffix and not path.exists():
         path = SHIPPED / f"{name_or_path}.yaml"
         if not path.is_file():
@@ -64,13 +71,43 @@ def load_study(name_or_path: str) -> StudyDesign:
             )
     if not path.is_file():
         raise UserError(f"study file {name_or_path} does not exist")
+    return path
+
+
+# Keys an extending study merges key by key into its base's; any other key it gives replaces the base's.
+MERGED_KEYS = ("budget", "slurm")
+
+
+def _mappings(*values: Any) -> bool:
+    return all(isinstance(value, dict) for value in values)
+
+
+def _content(path: Path, extending: tuple[Path, ...]) -> Any:
+    """The file's YAML; with ``extends: <study>``, its keys over those of the study it names (a shipped name or a
+    path beside it), so that a study that differs in its data, epochs or evaluations need not copy the rest."""
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', None) or exc})") from None
-    return _Reader(path).design(content)
+    if not isinstance(content, dict) or "extends" not in content:
+        return content
+    name = content.pop("extends")
+    if not isinstance(name, str):
+        raise UserError(f"{path}: extends: expected the name or path of a study, got {type(name).__name__}")
+    try:
+        base_path = _study_path(name, relative_to=path)
+    except UserError as exc:
+        raise UserError(f"{path}: extends: {exc}") from None
+    if base_path.resolve() in (p.resolve() for p in (*extending, path)):
+        raise UserError(f"{path}: extends: {name} extends this study again (a cycle)")
+    base = _content(base_path, (*extending, path))
+    if not isinstance(base, dict):
+        raise UserError(f"{path}: extends: {base_path} is not a study (expected a mapping)")
+    merged = {key: {**base[key], **value} if key in MERGED_KEYS and _mappings(base.get(key), value) else value
+              for key, value in content.items()}  # fmt: skip
+    return {**{key: value for key, value in base.items() if key != "name"}, **merged}  # its own name, or its file's
 
 
 class _Reader:
@@ -292,6 +329,11 @@ class _Reader:
         strays = [ours for ours in design.published.rows if ours not in design.all_plans]
         if strays:
             self.fail(f"published.rows.{strays[0]}", f"not a method of this study ({', '.join(design.all_plans)})")
+        tasks = {get_dataset(name).task for name in resolve_names(design.benchmarks)}
+        source_task = published_rows(design.published.source)[0].task
+        if tasks != {source_task}:
+            self.fail("published.source", f"{design.published.source} holds {source_task} results; the study "
+                      f"evaluates {', '.join(sorted(tasks))} ({design.benchmarks})")  # fmt: skip
 
     def check_runs(self, design: StudyDesign) -> None:
         """Every method's run configuration must be valid: the errors RunConfig gives, named by method entry."""
@@ -304,6 +346,7 @@ class _Reader:
         for index, plan in enumerate(design.evaluations):
             try:
                 EvalConfig(model_name=design.model_name, output_dir=".", dataset=design.benchmarks,
-                           eval_mode=plan.mode, max_eval_samples=plan.samples, **plan.settings)  # fmt: skip
+                           eval_mode=plan.mode, max_eval_samples=plan.samples,
+                           **{"protocol": design.train_settings.get("protocol"), **plan.settings})  # fmt: skip
             except UserError as exc:
                 self.fail(f"evaluations[{index}]", str(exc))

@@ -15,6 +15,9 @@ from typing import Any
 
 from peftbench.analyze.table import REFERENCE_METHOD, SIGNIFICANCE, format_with_ci
 from peftbench.config import ZERO_SHOT
+from peftbench.data.protocols import DEFAULT_PROTOCOL, get_protocol
+from peftbench.data.registry import get_dataset
+from peftbench.evaluate.dialogue_metrics import TABLE2_METRICS
 from peftbench.methods import get_method
 from peftbench.report import html
 from peftbench.report.markdown import to_markdown
@@ -31,6 +34,8 @@ def format_cell(cell: dict[str, Any], seeds: int) -> str:
     """One seed: accuracy [95% CI]; several: mean ± std over seeds (percent)."""
     if cell["mean"] is None:
         return "-"
+    if seeds == 1 and None in cell["ci95_per_seed"][0]:  # a value without an interval (one test dialogue)
+        return _percent(cell["mean"])
     if seeds == 1:
         return format_with_ci(cell["mean"], *cell["ci95_per_seed"][0])
     return f"{_percent(cell['mean'])} ± {_percent(cell['std'])}"
@@ -44,20 +49,31 @@ def accuracy_rows(evaluation: dict[str, Any], seeds: int) -> list[list[str]]:
     return rows
 
 
-def _evaluation_title(evaluation: dict[str, Any]) -> str:
+def _is_dialogue(evaluation: dict[str, Any]) -> bool:
+    return evaluation.get("task") == "dialogue"
+
+
+def _evaluation_title(evaluation: dict[str, Any], protocol: str | None) -> str:
     mode = evaluation["mode"]
     kind = "log-likelihood of each answer option" if mode == "loglik" else "generation"
     settings = evaluation["settings"]
     if mode == "generate":
-        kind += f", beam {settings.get('beam_size', 4)}, at most {settings.get('max_new_tokens', 16)} new tokens"
+        decoding = get_protocol(protocol or DEFAULT_PROTOCOL, evaluation.get("task", "commonsense")).eval_defaults
+        beams, tokens = (settings.get(key, decoding[key]) for key in ("beam_size", "max_new_tokens"))
+        kind += f", beam {beams}, at most {tokens} new tokens"
     samples = "every test example" if evaluation["samples"] is None else f"{evaluation['samples']} examples"
-    return f"Accuracy: {kind} ({samples} per dataset, the same for every method)"
+    measure = "Dialogue metrics" if _is_dialogue(evaluation) else "Accuracy"
+    return f"{measure}: {kind} ({samples} per dataset, the same for every method)"
 
 
 def verdict(evaluation: dict[str, Any], seeds: list[int]) -> str:
     """What the paired tests say, in words, counting only tests that survive Holm's correction; then how
     each trained method's average compares with the untrained model."""
     tests = evaluation["paired_tests"]
+    if _is_dialogue(evaluation):
+        return "Dialogue metrics are compared by their intervals over test dialogues. " + _averages_against_zero_shot(
+            evaluation
+        )
     if not tests:
         return f"No paired tests: {REFERENCE_METHOD} was not evaluated beside another method."
     family = f"after Holm's correction over the {len(tests) // len(seeds)} tests of each seed"
@@ -93,12 +109,13 @@ def _trained_verdict(tests: list[dict[str, Any]], family: str, several_seeds: bo
 
 def _averages_against_zero_shot(evaluation: dict[str, Any]) -> str:
     averages = {c["method"]: c["mean"] for c in evaluation["cells"] if c["dataset"] == "avg"}
-    if ZERO_SHOT not in averages:
+    if averages.get(ZERO_SHOT) is None:
         return ""
     gaps = ", ".join(
         f"{m} {100 * (a - averages[ZERO_SHOT]):+.1f}" for m, a in averages.items() if m != ZERO_SHOT and a is not None
     )
-    return f"Average accuracy against the untrained model, in points: {gaps}."
+    average = "The Table 2 average" if _is_dialogue(evaluation) else "Average accuracy"
+    return f"{average} against the untrained model, in points: {gaps}." if gaps else ""
 
 
 def _describe_test(test: dict[str, Any], several_seeds: bool) -> str:
@@ -179,8 +196,9 @@ def study_cost(summary: dict[str, Any]) -> tuple[float, float]:
 def render_page(summary: dict[str, Any], assets: str) -> str:
     """The page in Markdown, from the summary alone; `assets` is the folder (relative to the page) of its files."""
     lines = _introduction(summary, assets)
+    protocol = summary["train_settings"].get("protocol")
     for evaluation in summary["evaluations"]:
-        lines += _evaluation_section(evaluation, summary["seeds"], assets)
+        lines += _evaluation_section(evaluation, summary["seeds"], assets, protocol)
     lines += _cost_section(summary, assets) + _setup_section(summary) + _environment_section(summary)
     return "\n".join(lines)
 
@@ -198,18 +216,25 @@ def _introduction(summary: dict[str, Any], assets: str) -> list[str]:
     ]
 
 
-def _evaluation_section(evaluation: dict[str, Any], seeds: list[int], assets: str) -> list[str]:
+def _evaluation_section(evaluation: dict[str, Any], seeds: list[int], assets: str, protocol: str | None) -> list[str]:
     several = len(seeds) > 1
     statistic = (f"mean ± standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))})" if several
                  else "with 95% percentile-bootstrap confidence intervals")  # fmt: skip
+    if _is_dialogue(evaluation):
+        measure = f"Each metric in %, {statistic.replace('intervals', 'intervals over test dialogues')}; avg: the HiRA"
+        measure += f" paper's Table 2 average of {', '.join(TABLE2_METRICS)}. n: {evaluation['n'].get('bleu')} replies."
+    else:
+        measure = (
+            f"Accuracy in %, {statistic}. n per dataset: "
+            + ", ".join(f"{d} {n}" for d, n in evaluation["n"].items())
+            + "."
+        )
     return [
-        f"## {_evaluation_title(evaluation)}\n",
-        f"Accuracy in %, {statistic}. n per dataset: "
-        + ", ".join(f"{d} {n}" for d, n in evaluation["n"].items())
-        + ".\n",
+        f"## {_evaluation_title(evaluation, protocol)}\n",
+        measure + "\n",
         to_markdown(accuracy_rows(evaluation, len(seeds))),
         verdict(evaluation, seeds) + "\n",
-        *_tests_block(evaluation, several),
+        *(_tests_block(evaluation, several) if evaluation["paired_tests"] else []),
         f"![accuracy, {evaluation['mode']}]({assets}/accuracy-{evaluation['mode']}.png)\n",
     ]
 
@@ -239,7 +264,7 @@ def _setup_section(summary: dict[str, Any]) -> list[str]:
     return [
         "## Setup\n",
         f"- Model: `{summary['model']}` ({base_parameters(summary):,} parameters, {first_run['precision']}).",
-        f"- Training data: a seeded sample of `{summary['dataset']}` (the local commonsense mix, data hash "
+        f"- Training data: a seeded sample of `{summary['dataset']}` ({_local_mix(summary)}data hash "
         f"`{first_run['data_sha256']}`): {first_run['train_examples']} training and "
         f"{first_run['validation_examples']} validation examples; the checkpoint evaluated: "
         f"{first_run.get('checkpoint_selection') or 'best validation loss'}.",
@@ -268,6 +293,11 @@ def _environment_section(summary: dict[str, Any]) -> list[str]:
     ]
 
 
+def _local_mix(summary: dict[str, Any]) -> str:
+    """The commonsense studies on a CPU train on the local files' mix (the data folder has no Commonsense-170K)."""
+    return "the local commonsense mix, " if get_dataset(summary["dataset"]).task == "commonsense" else ""
+
+
 def _protocol_line(protocol: str | None) -> str:
     if protocol is None:
         return "not recorded: these runs predate protocols (peftbench's earlier template, EOS, seeded validation)."
@@ -283,6 +313,7 @@ def draw_plots(summary: dict[str, Any], folder: Path) -> None:
                 continue
             mean = cell["mean"]
             low, high = (mean - cell["std"], mean + cell["std"]) if several else cell["ci95_per_seed"][0]
+            low, high = (mean, mean) if low is None else (low, high)  # no interval: no whisker
             stats[(cell["method"], cell["dataset"])] = (mean, low, high)
         whiskers = "± std over seeds" if several else "95% bootstrap CI"
         accuracy_bars(stats, evaluation["methods"], [*evaluation["datasets"], "avg"],

@@ -32,6 +32,7 @@ import torch
 from peftbench.config import ZERO_SHOT, RunConfig
 from peftbench.data.protocols import DEFAULT_PROTOCOL
 from peftbench.errors import UserError
+from peftbench.published import published_rows
 from peftbench.runs.records import write_atomic
 from peftbench.studies.design import EvalPlan, MethodPlan, StudyDesign
 
@@ -188,8 +189,25 @@ def describe(study: Study) -> str:
     ]
     lines += [f"# compared with the official code: {d}" for d in design.differences]
     lines += [f"# note: {note}" for note in design.notes]
+    lines += _published_lines(design)
     lines += [step.command for step in study.steps()]
     return "\n".join(lines)
+
+
+def _published_lines(design: StudyDesign) -> list[str]:
+    """Each published row the study reproduces, with its figures and the run (method) that answers it."""
+    if design.published is None:
+        return []
+    source, model = design.published.source, design.published.model
+    table = published_rows(source, model)
+    lines = []
+    for ours, (method, rank) in design.published.rows.items():
+        for row in (r for r in table if (r.method, r.rank) == (method, rank)):
+            figures = ", ".join(f"{key} {value}" for key, value in row.scores.items())
+            average = f", average {row.average}" if row.average is not None else ""
+            lines.append(f"# published {source}: {model} {row.method}{f' r{rank}' if rank else ''}: "
+                         f"{figures}{average} <- run {ours}")  # fmt: skip
+    return lines
 
 
 def check_device(design: StudyDesign) -> None:

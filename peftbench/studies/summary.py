@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 
+from peftbench.analyze.metrics import MetricTable, metric_table
 from peftbench.analyze.stats import holm
-from peftbench.analyze.table import AccuracyTable, accuracy_table, collect_results
+from peftbench.analyze.table import AccuracyTable, accuracy_table, collect_results, task_of
 from peftbench.config import RunConfig
 from peftbench.errors import UserError
+from peftbench.evaluate.dialogue_metrics import TABLE2_AVERAGE
 from peftbench.runs.folders import find_finished_run
 from peftbench.runs.records import RUN_RECORD, environment_record, read_records
 from peftbench.studies.design import EvalPlan, MethodPlan, PublishedRows
@@ -108,14 +110,15 @@ def _run_summary(study: Study, seed: int, name: str) -> dict[str, Any]:
 
 
 def _evaluation_summary(study: Study, plan: EvalPlan) -> dict[str, Any]:
-    tables = {
-        seed: _named(study, seed, accuracy_table(collect_results(study.method_folders(seed), plan.mode)))
-        for seed in study.seeds
-    }
+    results = {seed: collect_results(study.method_folders(seed), plan.mode) for seed in study.seeds}
+    if not any("accuracy" in record for records in results.values() for record in records):
+        return _metric_summary(study, plan, {seed: metric_table(records) for seed, records in results.items()})
+    tables = {seed: _named(study, seed, accuracy_table(records)) for seed, records in results.items()}
     first = tables[study.seeds[0]]
     columns = [*first.datasets, "avg"]
     return {
         "mode": plan.mode,
+        "task": task_of(next(iter(first.records.values()))),
         "samples": plan.samples,
         "settings": plan.settings,
         "methods": first.methods,
@@ -130,14 +133,58 @@ def _evaluation_summary(study: Study, plan: EvalPlan) -> dict[str, Any]:
     }
 
 
-def _named(study: Study, seed: int, table: AccuracyTable) -> AccuracyTable:
-    """The table with each row named as the study names its method. The analysis names rows by method and what
-    differs between them ('hira (r=16)', 'hira (r=32)'); the study by its file's names (hira-r16, hira-r32)."""
+def _study_names(study: Study, seed: int, records: dict[tuple[str, str], dict[str, Any]]) -> dict[str, str]:
+    """Each row's name as the study names its method. The analysis names rows by method and what differs between
+    them ('hira (r=16)', 'hira (r=32)'); the study by its file's names (hira-r16, hira-r32)."""
     folders = {study.results_folder(seed, plan.name).resolve(): plan.name for plan in study.plans}
     names = {}
-    for (label, _), record in table.records.items():
+    for (label, _), record in records.items():
         ckpt = Path(record["ckpt"]).resolve() if record.get("ckpt") else None
         names[label] = next((name for folder, name in folders.items() if ckpt and folder in ckpt.parents), label)
+    return names
+
+
+def _metric_summary(study: Study, plan: EvalPlan, tables: dict[int, MetricTable]) -> dict[str, Any]:
+    """A corpus-metric evaluation (dialogue) in the shape of an accuracy one: each metric is a column, and the
+    'avg' column is the HiRA paper's Table 2 average of six of them, as its published rows have it."""
+    names = {seed: _study_names(study, seed, table.records) for seed, table in tables.items()}
+    first = tables[study.seeds[0]]
+    columns = {(d, m): "avg" if m == TABLE2_AVERAGE else first.column_name(d, m) for d, m in first.columns}
+    cells = []
+    for method in first.methods:
+        for key, column in columns.items():
+            found = [t.cells.get((method, *key)) for t in tables.values()]
+            present = [c for c in found if c is not None and c.value is not None]
+            values = [c.value for c in present]
+            reasons = sorted({c.reason for c in found if c is not None and c.reason})
+            cells.append({
+                "method": names[study.seeds[0]].get(method, method), "dataset": column,
+                "mean": statistics.fmean(values) if values else None,
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0, "per_seed": values,
+                "ci95_per_seed": [[c.low, c.high] for c in present], "not_computed": "; ".join(reasons) or None,
+            })  # fmt: skip
+    return {
+        "mode": plan.mode,
+        "task": first.task,
+        "samples": plan.samples,
+        "settings": plan.settings,
+        "methods": [names[study.seeds[0]].get(m, m) for m in first.methods],
+        "datasets": [c for c in columns.values() if c != "avg"],
+        "n": {column: first.records[(first.methods[0], key[0])]["total"] for key, column in columns.items()},
+        "cells": cells,
+        "paired_tests": [],
+        "eval_time_s": {
+            names[study.seeds[0]].get(method, method): round(
+                sum(r["wall_time_s"] for (m, _), r in first.records.items() if m == method), 1
+            )
+            for method in first.methods
+        },
+    }
+
+
+def _named(study: Study, seed: int, table: AccuracyTable) -> AccuracyTable:
+    """The table with each row named as the study names its method."""
+    names = _study_names(study, seed, table.records)
     return AccuracyTable(
         [names[m] for m in table.methods],
         table.datasets,

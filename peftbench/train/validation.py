@@ -124,7 +124,8 @@ def validation_accuracy(
     """model -> log-likelihood accuracy on the validation examples, computed only when it chooses the checkpoint."""
     if config.select_checkpoint != "accuracy" or not examples:
         return None
-    spec, protocol = get_dataset(config.dataset), get_protocol(config.protocol)
+    spec = get_dataset(config.dataset)
+    protocol = get_protocol(config.protocol, spec.task)
     return lambda model: option_accuracy(model, tokenizer, examples, spec, protocol, config.batch)
 
 

@@ -32,3 +32,13 @@ def test_lm_eval_scores_the_same_requests_as_ours(tiny_llama, data_dir: str, tmp
     assert ceiling["times_lm_eval"] == pytest.approx(ceiling["questions_per_s"] / speeds[1])
     assert ceiling["peftbench_share"] == pytest.approx(speeds[0] / ceiling["questions_per_s"])
     assert report["generate"]["same_text"] == 3  # the same beam search, decoded alike
+
+
+def test_gsm8k_generation_against_lm_eval_and_batch_1(tiny_llama, data_dir: str, tmp_path) -> None:
+    pytest.importorskip("lm_eval")
+    settings = AgainstBench(str(tiny_llama), "gsm8k", examples=3, batch="3", lm_eval_batch=3, rounds=1,
+                            generate_questions=3, max_new_tokens=12, modes=("generate",),
+                            data_dir=data_dir)  # fmt: skip
+    report = bench_against(settings, None)["generate"]
+    assert (report["beam_size"], report["max_new_tokens"], report["questions"]) == (4, 12, 3)  # beam: hira math's
+    assert report["same_text"] == 3 and report["same_answer"] == 3 and report["same_text_as_batch_1"] == 3

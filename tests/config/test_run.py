@@ -3,6 +3,7 @@ import json
 import pytest
 
 from peftbench.config import EvalConfig, RunConfig
+from peftbench.data.protocols import get_protocol
 from peftbench.errors import UserError
 from peftbench.runs.records import load_run_config
 
@@ -70,8 +71,10 @@ def test_eval_config_needs_exactly_one_model_source() -> None:
         EvalConfig()
     with pytest.raises(UserError, match="needs --output_dir"):
         EvalConfig(model_name="smollm2-135m")
-    assert EvalConfig(ckpt="x").with_protocol("hira").beam_size == 4
-    assert EvalConfig(ckpt="x", max_new_tokens=5).with_protocol("llm-adapters").max_new_tokens == 5
+    assert EvalConfig(ckpt="x").with_decoding(get_protocol("hira")).beam_size == 4
+    assert EvalConfig(ckpt="x", max_new_tokens=5).with_decoding(get_protocol("llm-adapters")).max_new_tokens == 5
+    assert EvalConfig(ckpt="x").with_decoding(get_protocol("hira", "math")).max_new_tokens == 200
+    assert EvalConfig(ckpt="x").with_decoding(get_protocol("hira", "dialogue")).max_new_tokens == 32
 
 
 def test_run_config_round_trips_through_output_jsonl(tmp_path) -> None:

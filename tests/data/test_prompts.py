@@ -16,7 +16,9 @@ from pathlib import Path
 from peftbench.data import prompts, protocols
 
 # Version -> the digests of the prompt code that version names (sha256 of prompts.py + protocols.py, 16 hex).
-DIGESTS = {"270c5a5da974": {"bb6b03583019644a"}}
+# c584234795fcacef: the math and dialogue variants of the protocols were added; the commonsense prompts, tokens and
+# settings are unchanged (tests/data/test_tasks.py, tests/end_to_end/test_run_folder_before_layout.py).
+DIGESTS = {"270c5a5da974": {"bb6b03583019644a", "c584234795fcacef"}}
 
 
 def prompt_code_digest() -> str:

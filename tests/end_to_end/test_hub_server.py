@@ -47,7 +47,7 @@ from peftbench import hub
 from peftbench.data.sources import load_test_examples, load_train_examples
 hub.pin(sys.argv[1])
 loaded = {name: load_test_examples(name, "none") for name in sys.argv[2].split(",")}
-loaded["common_170k"] = load_train_examples("common_170k", "none")
+loaded |= {name: load_train_examples(name, "none") for name in ("common_170k", "metamath", "math_10k")}
 print(json.dumps({name: [len(l.examples), l.origins, l.revisions] for name, l in loaded.items()}))
 """
 
@@ -63,17 +63,18 @@ def test_every_registry_source_loads_at_the_commit_it_names(hub, tmp_path, datas
         version = _run(["-c", "import datasets; print(datasets.__version__)"], environment, tmp_path)
         assert version.stdout.strip() == FLOOR_VERSION, version.stderr[-2000:]
     pin = f"ybisk/piqa={commits['ybisk/piqa']}"  # olah cannot serve refs/convert/parquet; the pin names its commit
-    result = _run(["-c", LOAD_EVERY_SOURCE, pin, ",".join(BENCHMARKS)], environment, tmp_path)
+    result = _run(["-c", LOAD_EVERY_SOURCE, pin, ",".join((*BENCHMARKS, "gsm8k"))], environment, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     repositories = {
         "boolq": "google/boolq", "piqa": "ybisk/piqa", "siqa": "lighteval/siqa", "hellaswag": "Rowan/hellaswag",
         "winogrande": "allenai/winogrande", "arc_easy": "allenai/ai2_arc", "arc_challenge": "allenai/ai2_arc",
         "obqa": "allenai/openbookqa", "csqa": "tau/commonsense_qa", "common_170k": "zwhe99/commonsense_170k",
+        "gsm8k": "openai/gsm8k", "metamath": "meta-math/MetaMathQA", "math_10k": "lmms-lab/Math10K",
     }  # fmt: skip
     for name, repository in repositories.items():
         count, origins, revisions = loaded[name]
-        assert count == (12 if name == "common_170k" else ROWS), name
+        assert count == (12 if name in ("common_170k", "math_10k") else ROWS), name
         assert revisions == {repository: commits[repository]}, name
         assert origins[0].startswith(f"hub:{repository}") and f"@{commits[repository]}[" in origins[0], name
 

@@ -1,10 +1,11 @@
 from pathlib import Path
 
 import pytest
+from task_files import write_convai2
 from transformers import AutoModelForCausalLM
 
 from peftbench.data.prompts import build_prompt, eval_prompt_ids
-from peftbench.data.protocols import HIRA
+from peftbench.data.protocols import HIRA, get_protocol
 from peftbench.data.sources import load_test_examples
 from peftbench.errors import UserError
 from peftbench.evaluate.generate import generate_responses
@@ -102,3 +103,21 @@ def test_rerun_skips_finished_results_and_redoes_changed_or_broken_ones(
 
     run(max_new_tokens=3, overwrite=True)
     assert "skipping" not in caplog.text
+
+
+@pytest.mark.parametrize("task", ["math", "dialogue"])
+def test_batched_generation_equals_batch_1_under_the_math_and_dialogue_settings(
+    task: str, tiny_llama: Path, data_dir: str, tmp_path: Path
+) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    tokenizer = load_tokenizer(str(tiny_llama))
+    protocol = get_protocol("hira", task)
+    if task == "math":
+        examples = load_test_examples("gsm8k", data_dir).examples[:5]
+    else:  # ConvAI2: the length penalty and the 4-gram block go to generate() too
+        examples = load_test_examples("convai2", str(write_convai2(tmp_path, episodes=2))).examples
+    prompts = eval_prompt_ids(tokenizer, [build_prompt(e, protocol) for e in examples], protocol)
+    settings = {"generation": protocol.generation}
+    one_by_one = generate_responses(model, tokenizer, prompts, 1, 4, 12, **settings)
+    assert generate_responses(model, tokenizer, prompts, 3, 4, 12, **settings) == one_by_one
+    assert all(one_by_one) and len(set(one_by_one)) > 1

@@ -70,6 +70,12 @@ def _row(schema: str, index: int) -> dict:
     if schema == "commonsense_qa":
         return {"id": f"q{index}", "question": f"question {index}?", "question_concept": "c", "choices": _choices(5),
                 "answerKey": "ABCDE"[index % 5]}  # fmt: skip
+    if schema == "gsm8k":
+        return {"question": f"What is {index} + 1000?", "answer": f"{index} + 1000 = <<{index}+1000={index + 1000}>>"
+                f"{index + 1000}\n#### {index + 1000:,}"}  # fmt: skip
+    if schema == "metamath":
+        return {"query": f"What is {index} + 2?", "response": f"{index} + 2 = {index + 2}.\nThe answer is: {index + 2}",
+                "type": "GSM_AnsAug", "original_question": f"What is {index} + 2?"}  # fmt: skip
     raise KeyError(schema)
 
 
@@ -83,6 +89,7 @@ DATASETS = {
                                 "ARC-Challenge": ["train", "validation", "test"]}),
     "allenai/openbookqa": ("openbookqa", {"main": ["train", "validation", "test"]}),
     "tau/commonsense_qa": ("commonsense_qa", {"default": ["train", "validation"]}),
+    "openai/gsm8k": ("gsm8k", {"main": ["train", "test"]}),
 }  # fmt: skip
 MODEL = "EleutherAI/gpt-neo-1.3B"  # the specification's default, served as a tiny GPT-Neo under its name
 
@@ -127,6 +134,8 @@ def build_mirrors(mirrors: Path) -> dict[str, str]:
         pattern = "data/{split}-*" if list(configs) == ["default"] else "{config}/{split}-*"
         commits[repo] = _parquet_repo(_new_repo(mirrors / "datasets" / repo), schema, configs, pattern)
     commits["zwhe99/commonsense_170k"] = _commonsense_170k(_new_repo(mirrors / "datasets" / "zwhe99/commonsense_170k"))
+    commits["lmms-lab/Math10K"] = _math_10k(_new_repo(mirrors / "datasets" / "lmms-lab/Math10K"))
+    commits["meta-math/MetaMathQA"] = _metamath(_new_repo(mirrors / "datasets" / "meta-math/MetaMathQA"))
     commits["ybisk/piqa"] = _script_repo(_new_repo(mirrors / "datasets" / "ybisk/piqa"), "piqa.py", converted=True)
     commits["allenai/social_i_qa"] = _script_repo(
         _new_repo(mirrors / "datasets" / "allenai/social_i_qa"), "social_i_qa.py"
@@ -145,6 +154,23 @@ def _commonsense_170k(folder: Path) -> str:
     (folder / "data").mkdir()
     pq.write_table(pa.Table.from_pylist(examples), folder / "data" / "train-00000-of-00001.parquet")
     (folder / "README.md").write_text(_readme({"default": ["train"]}, "data/{split}-*"))
+    return _commit(folder, "data")
+
+
+def _math_10k(folder: Path) -> str:
+    """LLM-Adapters' math training format as parquet (real examples of LLM-Adapters' math_data.json)."""
+    examples = json.loads((LLM_ADAPTERS / "math_data.json").read_text())[:12]
+    (folder / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist(examples), folder / "data" / "train-00000-of-00001.parquet")
+    (folder / "README.md").write_text(_readme({"default": ["train"]}, "data/{split}-*"))
+    return _commit(folder, "data")
+
+
+def _metamath(folder: Path) -> str:
+    """The repository as its authors publish it: one JSON file, MetaMathQA-395K.json, and a card without configs."""
+    records = [_row("metamath", i) for i in range(ROWS)]
+    (folder / "MetaMathQA-395K.json").write_text(json.dumps(records))
+    (folder / "README.md").write_text("A test mirror of MetaMathQA, made by peftbench's tests.\n")
     return _commit(folder, "data")
 
 

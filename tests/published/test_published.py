@@ -15,13 +15,19 @@ from peftbench.report.html import page_from_summary
 SUMMARY = Path(__file__).resolve().parents[2] / "docs" / "results" / "cpu-small" / "summary.json"
 
 
+COMMONSENSE = {"hira_iclr2025_table1": 15, "dora_commonsense": 16, "llm_adapters_commonsense": 17}  # rows per source
+
+
 def test_every_published_row_has_its_source_and_an_average_that_is_the_mean_of_its_benchmarks() -> None:
-    assert set(sources()) == {"hira_iclr2025_table1", "dora_commonsense", "llm_adapters_commonsense"}
-    rows = published_rows()
-    assert len(rows) == 15 + 16 + 17
+    commonsense = {name for name, (source, _) in sources().items() if source.task == "commonsense"}
+    assert commonsense == set(COMMONSENSE)
+    assert {name: len(published_rows(name)) for name in commonsense} == COMMONSENSE
+    rows = published_rows(task="commonsense")
+    assert len(rows) == 15 + 16 + 17 and rows == [row for name in sorted(COMMONSENSE) for row in published_rows(name)]
     for row in rows:
         assert row.average_error() is None, row.label
         assert set(row.scores) == set(BENCHMARKS) and "commit" in row.source.where
+        assert row.source.columns == BENCHMARKS and row.task == "commonsense" and row.average is not None
     hira = sources()["hira_iclr2025_table1"][0]
     assert "f75f0cfe73e6729f9e1aa5402c5ca5ae36a8c0e8" in hira.where and "page 7" in hira.where
     assert any("copied from the DoRA paper" in caveat for caveat in hira.caveats)
@@ -36,6 +42,14 @@ def test_our_model_names_match_the_papers_and_rows_match_by_method_and_rank() ->
     assert sorted(row.source.name for row in lora) == ["dora_commonsense", "hira_iclr2025_table1"]
     assert [row.rank for row in matching_rows("meta-llama/Meta-Llama-3-8B", "hira", 16)] == [16]
     assert matching_rows("meta-llama/Llama-2-7b-hf", "lora", 8) == []
+    assert matching_rows("meta-llama/Llama-2-7b-hf", "lora", 32) == matching_rows(
+        "Llama-2-7B", "lora", 32, "commonsense"
+    )
+    # MoRA and P-Tuning: Table 1's rows, as the study files name them (peftbench/studies/hira-*.yaml)
+    (mora,) = matching_rows("meta-llama/Meta-Llama-3-8B", "mora", 32)
+    assert (mora.source.name, mora.method, mora.average) == ("hira_iclr2025_table1", "MoRA", 78.63)
+    (ptuning,) = matching_rows("meta-llama/Llama-2-7b-hf", "ptuning", None)
+    assert (ptuning.source.name, ptuning.method, ptuning.average) == ("hira_iclr2025_table1", "P-Tuning", 12.24)
 
 
 def test_published_lists_the_rows_with_their_sources(capsys) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,10 @@ from peftbench import cli
 from peftbench.cli.app import build_parser
 from peftbench.cli.flags import build_config
 from peftbench.config import RunConfig
+from peftbench.errors import UserError
 from peftbench.published import published_rows
-from peftbench.studies.loader import load_study, shipped_studies
-from peftbench.studies.plan import Study
+from peftbench.studies.loader import SHIPPED, load_study, shipped_studies
+from peftbench.studies.plan import Study, describe
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 EIGHT = "boolq,piqa,siqa,hellaswag,winogrande,arc_easy,arc_challenge,obqa"
@@ -57,7 +59,8 @@ def test_the_hira_papers_studies_name_its_settings_and_the_published_rows_they_r
 
 
 def test_every_shipped_study_is_valid_and_dry_runs() -> None:
-    assert set(shipped_studies()) == {"cpu-small", "paper", "hira-llama2-7b", "hira-llama3-8b"}
+    tasks = {f"hira-{task}-{model}" for task in ("math", "convai2") for model in ("llama2-7b", "llama3-8b")}
+    assert set(shipped_studies()) == {"cpu-small", "paper", "hira-llama2-7b", "hira-llama3-8b", *tasks}
     for name in shipped_studies():
         assert cli.main(["reproduce", name, "--dry_run", "--seeds", "2"]) == 0
 
@@ -144,3 +147,62 @@ def test_a_study_flag_set_false_reaches_its_command(tmp_path, capsys) -> None:
             assert "--no-packing" in step.argv and step.run_config.packing is False
             parsed = build_config(RunConfig, build_parser().parse_args(step.argv))
             assert parsed == step.run_config
+
+
+TASK_STUDIES = {  # study -> (training set, benchmark, epochs, published source)
+    "hira-math-llama3-8b": ("metamath", "gsm8k", 2.0, "hira_iclr2025_table3"),
+    "hira-math-llama2-7b": ("metamath", "gsm8k", 2.0, "hira_iclr2025_table3"),
+    "hira-convai2-llama3-8b": ("convai2", "convai2", 1.0, "hira_iclr2025_table2"),
+    "hira-convai2-llama2-7b": ("convai2", "convai2", 1.0, "hira_iclr2025_table2"),
+}
+
+
+@pytest.mark.parametrize("name", TASK_STUDIES)
+def test_the_math_and_dialogue_studies_keep_table_1s_settings_and_answer_every_published_row(name: str) -> None:
+    dataset, benchmark, epochs, source = TASK_STUDIES[name]
+    design, base = load_study(name), load_study(name.replace("-math", "").replace("-convai2", ""))
+    assert (design.name, design.dataset, design.benchmarks, design.published.source) == (name, dataset, benchmark,
+                                                                                          source)  # fmt: skip
+    assert [e.mode for e in design.evaluations] == ["generate"]  # no options for log-likelihood to score
+    assert design.methods == base.methods and design.model_name == base.model_name and design.slurm == base.slurm
+    assert design.train_settings == {**base.train_settings, "epoch": epochs}  # only the epochs differ (section 5.2)
+    rows = published_rows(source, design.published.model)
+    assert {(r.method, r.rank) for r in rows} == set(design.published.rows.values())  # every row has a run
+    plan = describe(Study(design, Path("study"), (36,), "data"))
+    for ours in design.published.rows:
+        assert re.search(rf"^# published {source}: .* <- run {re.escape(ours)}$", plan, re.MULTILINE), ours
+
+
+def test_extends_merges_the_budget_and_refuses_a_cycle(tmp_path: Path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text((SHIPPED / "cpu-small.yaml").read_text())
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\nsummary: a child\nbudget:\n  epoch: 2.0\n")
+    design, parent = load_study(str(child)), load_study(str(base))
+    assert design.name == "child" and design.summary == "a child" and design.methods == parent.methods
+    assert design.train_settings == {**parent.train_settings, "epoch": 2.0}
+    base.write_text("extends: child.yaml\n" + base.read_text())
+    with pytest.raises(UserError, match="extends: child.yaml extends this study again"):
+        load_study(str(child))
+
+
+def test_a_published_source_of_another_task_is_refused(tmp_path: Path) -> None:
+    text = (SHIPPED / "hira-math-llama3-8b.yaml").read_text().replace("hira_iclr2025_table3", "hira_iclr2025_table2")
+    path = tmp_path / "study.yaml"
+    path.write_text(text.replace("extends: hira-llama3-8b", f"extends: {SHIPPED / 'hira-llama3-8b.yaml'}"))
+    with pytest.raises(UserError, match="published.source: hira_iclr2025_table2 holds dialogue results; the study "
+                                        "evaluates math \\(gsm8k\\)"):  # fmt: skip
+        load_study(str(path))
+
+
+def test_extends_names_its_file_when_the_base_is_missing_and_a_protocol_that_cannot_score_is_refused(
+    tmp_path: Path,
+) -> None:
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: no-such-study\nsummary: a child\n")
+    with pytest.raises(UserError, match=f"{child}: extends: unknown study 'no-such-study'"):
+        load_study(str(child))
+    aqua = f"extends: {SHIPPED / 'cpu-small.yaml'}\nsummary: AQuA\nprotocol: hira\nbenchmarks: aqua\n"
+    (tmp_path / "aqua.yaml").write_text(aqua + "evaluations:\n- mode: generate\n")
+    with pytest.raises(UserError, match="aqua's answers \\(letter\\) have no official scorer under protocol 'hira'"):
+        load_study(str(tmp_path / "aqua.yaml"))
