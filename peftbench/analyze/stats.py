@@ -1,38 +1,12 @@
-"""Uncertainty for accuracy tables: bootstrap confidence intervals and paired tests between methods."""
+"""Paired tests between methods for accuracy tables (the bootstrap intervals are ``peftbench.evaluate.intervals``,
+which every evaluation record carries too)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from scipy.stats import binomtest
-
-BOOTSTRAP_SAMPLES = 2000
-
-
-def bootstrap_means(correct: Sequence[bool], samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> np.ndarray:
-    """Accuracy of `samples` resamples (with replacement) of the per-example outcomes."""
-    outcomes = np.asarray(correct, dtype=float)
-    rng = np.random.default_rng(seed)
-    return outcomes[rng.integers(0, len(outcomes), size=(samples, len(outcomes)))].mean(axis=1)
-
-
-def interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    tail = (1 - level) / 2
-    low, high = np.quantile(replicates, [tail, 1 - tail])
-    return float(low), float(high)
-
-
-def bootstrap_ci(correct: Sequence[bool], level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the accuracy."""
-    return interval(bootstrap_means(correct, seed=seed), level)
-
-
-def average_ci(per_dataset: Sequence[Sequence[bool]], level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Interval of the unweighted average over datasets, each resampled independently."""
-    replicates = np.mean([bootstrap_means(c, seed=seed + i) for i, c in enumerate(per_dataset)], axis=0)
-    return interval(replicates, level)
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftbench.analyze.stats import PairedTest, average_ci, bootstrap_ci, mcnemar
+from peftbench.analyze.stats import PairedTest, mcnemar
 from peftbench.config import ZERO_SHOT
 from peftbench.data.registry import TASK_ORDER, dataset_names
 from peftbench.errors import UserError
+from peftbench.evaluate.intervals import average_ci, bootstrap_ci
 from peftbench.methods import METHODS
 from peftbench.runs.records import find_run_record, read_records
 

@@ -18,6 +18,7 @@ from peftbench.data.registry import DatasetSpec
 from peftbench.data.sources import Example
 from peftbench.evaluate.dialogue_metrics import DialogueScores, clean_prediction, group_references, score_dialogues
 from peftbench.evaluate.extract import extract_answer
+from peftbench.evaluate.intervals import bootstrap_ci
 from peftbench.evaluate.math_answers import SCORERS as MATH_SCORERS
 
 CORPUS_SCORERS = ("dialogue",)
@@ -53,6 +54,7 @@ def accuracy_summary(predictions: list[dict[str, Any]]) -> dict[str, Any]:
     summary = {
         "metrics": ["accuracy"],
         "accuracy": correct / len(predictions),
+        "accuracy_ci": list(bootstrap_ci([p["correct"] for p in predictions])),  # the analysis's interval
         "correct": correct,
         "total": len(predictions),
         "no_answer": sum(not p["predicted"] for p in predictions),

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from peftbench.analyze.stats import average_ci, bootstrap_ci, mcnemar
+from peftbench.analyze.stats import mcnemar
+from peftbench.evaluate.intervals import average_ci, bootstrap_ci
 
 
 def test_bootstrap_interval_contains_the_estimate_and_narrows_with_n() -> None:

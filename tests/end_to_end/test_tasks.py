@@ -52,7 +52,7 @@ def test_convai2_trains_evaluates_and_analyzes_beside_commonsense(tiny_llama: Pa
     settings = {"ckpt": str(run_dir), "max_new_tokens": 4, "beam_size": 1, "data_dir": data, "bert_score_model": "none"}
     (dialogue,) = evaluate(EvalConfig(dataset="convai2", **settings))
     assert dialogue["not_computed"]["bert_f1"] and dialogue["total"] == 5
-    evaluate(EvalConfig(dataset="boolq,gsm8k", max_eval_samples=3, **settings))
+    _, gsm8k_result = evaluate(EvalConfig(dataset="boolq,gsm8k", max_eval_samples=3, **settings))
     zero_shot = {
         **settings,
         "ckpt": None,
@@ -67,6 +67,9 @@ def test_convai2_trains_evaluates_and_analyzes_beside_commonsense(tiny_llama: Pa
     analysis = tmp_path / "analysis"
     assert (analysis / "accuracy.md").read_text().splitlines()[0] == "| method | boolq | avg | n_datasets |"
     assert (analysis / "accuracy_math.md").read_text().splitlines()[0] == "| method | gsm8k | avg | n_datasets |"
+    math_cells = json.loads((analysis / "stats_math.json").read_text())["cells"]
+    (gsm8k,) = [c for c in math_cells if c["dataset"] == "gsm8k"]
+    assert gsm8k["ci95"] == gsm8k_result["accuracy_ci"]  # the record's interval is the analysis's
     header, *rows = csv.reader((analysis / "dialogue.csv").read_text().splitlines())
     assert header[:3] == ["method", "bleu", "bleu_1"] and header[-1] == "avg6"
     assert [row[0] for row in rows] == ["zero-shot", "lora"]

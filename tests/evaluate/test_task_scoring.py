@@ -13,6 +13,7 @@ from tiny import LLM_ADAPTERS
 from peftbench.config import EvalConfig
 from peftbench.errors import UserError
 from peftbench.evaluate.dialogue_metrics import DIALOGUE_METRICS
+from peftbench.evaluate.intervals import bootstrap_ci
 from peftbench.evaluate.math_answers import hira_correct, hira_number
 from peftbench.evaluate.runner import evaluate
 
@@ -32,6 +33,9 @@ def test_gsm8k_is_scored_by_hiras_number_rule(tiny_llama: Path, tmp_path: Path) 
         assert row["correct"] == hira_correct(row["generated"], row["answer"])
     assert record["no_answer"] == sum(p["predicted"] is None for p in predictions)
     assert record["accuracy"] == sum(p["correct"] for p in predictions) / 3
+    low, high = record["accuracy_ci"]  # beside it, the interval the analysis gives the cell
+    assert record["accuracy_ci"] == list(bootstrap_ci([p["correct"] for p in predictions]))
+    assert 0 <= low <= record["accuracy"] <= high <= 1
 
 
 def test_aqua_needs_a_protocol_that_scores_letters(tiny_llama: Path, tmp_path: Path) -> None:
