@@ -46,18 +46,20 @@ def test_gsm8k_test_set_and_the_math_group(tmp_path: Path) -> None:
                      "mawps": 238}  # fmt: skip
 
 
+def _gsm8k_with(root: Path, folder: str, last_answer: str, count: int = 3) -> str:
+    """A data folder whose ``folder``/test.json holds GSM8K's first records, the last one's answer replaced."""
+    records = json.loads((LLM_ADAPTERS / "gsm8k" / "test.json").read_text())[:count]
+    records[-1]["answer"] = last_answer
+    (root / folder).mkdir(exist_ok=True)
+    (root / folder / "test.json").write_text(json.dumps(records))
+    return str(root)
+
+
 def test_a_math_answer_that_is_no_number_is_a_bad_record(tmp_path: Path) -> None:
-    records = json.loads((LLM_ADAPTERS / "gsm8k" / "test.json").read_text())[:3]
-    records[2]["answer"] = "twelve"
-    (tmp_path / "gsm8k").mkdir()
-    (tmp_path / "gsm8k" / "test.json").write_text(json.dumps(records))
     with pytest.raises(UserError, match="example 2: has answer 'twelve', not a number"):
-        load_test_examples("gsm8k", str(tmp_path))
-    records[2]["answer"] = "E"
-    (tmp_path / "AQuA").mkdir()
-    (tmp_path / "AQuA" / "test.json").write_text(json.dumps(records))
+        load_test_examples("gsm8k", _gsm8k_with(tmp_path, "gsm8k", "twelve"))
     with pytest.raises(UserError, match="example 0: has answer '576.0', not a letter A-E"):
-        load_test_examples("aqua", str(tmp_path))
+        load_test_examples("aqua", _gsm8k_with(tmp_path, "AQuA", "E"))
 
 
 def test_gsm8k_in_its_own_schema() -> None:
@@ -151,9 +153,5 @@ def test_hiras_rounding_rule_scores_integer_answers_only(tmp_path: Path) -> None
     with pytest.raises(UserError, match="addsub's answers \\(number\\) have no official scorer under protocol 'hira'; "
                                         "--protocol llm-adapters scores them"):  # fmt: skip
         hira.scorer("addsub", "number")
-    records = json.loads((LLM_ADAPTERS / "gsm8k" / "test.json").read_text())[:2]
-    records[1]["answer"] = "3.5"
-    (tmp_path / "gsm8k").mkdir()
-    (tmp_path / "gsm8k" / "test.json").write_text(json.dumps(records))
     with pytest.raises(UserError, match="example 1: has answer '3.5', not an integer"):
-        load_test_examples("gsm8k", str(tmp_path))
+        load_test_examples("gsm8k", _gsm8k_with(tmp_path, "gsm8k", "3.5", count=2))
