@@ -95,7 +95,7 @@ def run_guarded(action: Callable[[], object]) -> int:
 def leave_process_group() -> None:
     """Every rank done, leave the process group before the interpreter exits. Left to the exit, gloo's threads were
     torn down while still joinable and a rank aborted after its work ('terminate called without an active
-    exception', 3 of 9 two-process trainings on the 2-core CI machine)."""
+    exception': 3 of 9 runs of the DDP test fixture, four trainings each, on the 2-core CI machine)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
