@@ -147,8 +147,8 @@ def _study_names(study: Study, seed: int, records: dict[tuple[str, str], dict[st
 def _metric_summary(study: Study, plan: EvalPlan, tables: dict[int, MetricTable]) -> dict[str, Any]:
     """A corpus-metric evaluation (dialogue) in the shape of an accuracy one: each metric is a column, and the
     'avg' column is the HiRA paper's Table 2 average of six of them, as its published rows have it."""
-    names = {seed: _study_names(study, seed, table.records) for seed, table in tables.items()}
     first = tables[study.seeds[0]]
+    names = _study_names(study, study.seeds[0], first.records)  # rows are named by the first seed's table
     columns = {(d, m): "avg" if m == TABLE2_AVERAGE else first.column_name(d, m) for d, m in first.columns}
     cells = []
     for method in first.methods:
@@ -158,7 +158,7 @@ def _metric_summary(study: Study, plan: EvalPlan, tables: dict[int, MetricTable]
             values = [c.value for c in present]
             reasons = sorted({c.reason for c in found if c is not None and c.reason})
             cells.append({
-                "method": names[study.seeds[0]].get(method, method), "dataset": column,
+                "method": names.get(method, method), "dataset": column,
                 "mean": statistics.fmean(values) if values else None,
                 "std": statistics.stdev(values) if len(values) > 1 else 0.0, "per_seed": values,
                 "ci95_per_seed": [[c.low, c.high] for c in present], "not_computed": "; ".join(reasons) or None,
@@ -168,13 +168,13 @@ def _metric_summary(study: Study, plan: EvalPlan, tables: dict[int, MetricTable]
         "task": first.task,
         "samples": plan.samples,
         "settings": plan.settings,
-        "methods": [names[study.seeds[0]].get(m, m) for m in first.methods],
+        "methods": [names.get(m, m) for m in first.methods],
         "datasets": [c for c in columns.values() if c != "avg"],
         "n": {column: first.records[(first.methods[0], key[0])]["total"] for key, column in columns.items()},
         "cells": cells,
         "paired_tests": [],
         "eval_time_s": {
-            names[study.seeds[0]].get(method, method): round(
+            names.get(method, method): round(
                 sum(r["wall_time_s"] for (m, _), r in first.records.items() if m == method), 1
             )
             for method in first.methods
